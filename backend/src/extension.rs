@@ -1,0 +1,290 @@
+//! The Burn backend extension: a ternary linear layer as a Burn op on Flex, NdArray and Autodiff.
+//!
+//! Packed weights live on the device as a `U8` int tensor `[n, k_padded / 4]` (so Burn records
+//! keep them) next to a [`TernaryLayout`]. Flex and NdArray read both tensors in place and build
+//! the output from the kernel's `Vec`; Autodiff adds the input gradient `dy · W`.
+
+#![allow(deprecated)] // NdArray is deprecated in Burn 0.22 but Burn users still run it.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::flex::FlexTensor;
+use burn::backend::ndarray::NdArrayTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{
+    Autodiff, AutodiffBackend, Backend, Dispatch, Flex, NdArray, TensorMetadata, backend_extension,
+};
+use burn::tensor::{DType, Device, Int, Shape, Tensor, TensorData};
+
+use crate::error::{Result, TernaryError};
+use crate::i2s::{I2sView, I2sWeights, TernaryLayout};
+use crate::kernels::{Isa, ternary_linear as host_linear};
+
+/// Ternary ops a backend provides.
+#[backend_extension(Flex, NdArray, Autodiff)]
+pub trait TernaryOps: Backend {
+    /// Quantizes each row of `x` to int8 and multiplies it by the packed ternary weights.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., k]` (f32)
+    /// - `packed`: `[n, k_padded / 4]` (u8, I2_S codes)
+    /// - output: `[..., n]`
+    fn ternary_linear(
+        x: FloatTensor<Self>,
+        packed: IntTensor<Self>,
+        layout: TernaryLayout,
+    ) -> FloatTensor<Self>;
+
+    /// The dequantized weights.
+    ///
+    /// # Shapes
+    /// - `packed`: `[n, k_padded / 4]` (u8)
+    /// - output: `[n, k]` (f32)
+    fn ternary_dequantize(packed: IntTensor<Self>, layout: TernaryLayout) -> FloatTensor<Self>;
+}
+
+/// The host computation shared by every CPU backend: validated by [`TernaryWeight`] beforehand,
+/// so a failure here is a broken invariant, not bad user input.
+fn linear_on_host(x: &[f32], x_shape: &Shape, codes: &[u8], layout: TernaryLayout) -> TensorData {
+    let view = I2sView::new(layout, codes).expect("TernaryWeight validated the packed length");
+    let m = x.len() / layout.k;
+    let isa = Isa::selected().expect("ternary_linear checked BITNET_ISA before dispatch");
+    let y = host_linear(isa, view, x, m).expect("ternary_linear checked the input shape");
+    let mut shape = x_shape.clone();
+    let last = shape.len() - 1;
+    shape[last] = layout.n;
+    TensorData::new(y, shape)
+}
+
+fn dequantize_on_host(codes: &[u8], layout: TernaryLayout) -> TensorData {
+    let view = I2sView::new(layout, codes).expect("TernaryWeight validated the packed length");
+    TensorData::new(view.dequantize(), [layout.n, layout.k])
+}
+
+fn flex_slice<E: burn::tensor::Element + bytemuck::Pod>(
+    t: &FlexTensor,
+) -> std::borrow::Cow<'_, [E]> {
+    match t.as_slice::<E>() {
+        Some(s) => s.into(),
+        None => t
+            .to_contiguous()
+            .as_slice::<E>()
+            .expect("contiguous tensor of the checked dtype")
+            .to_vec()
+            .into(),
+    }
+}
+
+impl TernaryOps for Flex {
+    fn ternary_linear(x: FlexTensor, packed: FlexTensor, layout: TernaryLayout) -> FlexTensor {
+        let out = linear_on_host(
+            &flex_slice::<f32>(&x),
+            &x.shape(),
+            &flex_slice::<u8>(&packed),
+            layout,
+        );
+        FlexTensor::from_data(out)
+    }
+
+    fn ternary_dequantize(packed: FlexTensor, layout: TernaryLayout) -> FlexTensor {
+        FlexTensor::from_data(dequantize_on_host(&flex_slice::<u8>(&packed), layout))
+    }
+}
+
+fn ndarray_f32(t: &NdArrayTensor) -> std::borrow::Cow<'_, [f32]> {
+    match t {
+        NdArrayTensor::F32(s) => match s.view().to_slice() {
+            Some(slice) => slice.into(),
+            None => s.view().iter().copied().collect::<Vec<_>>().into(),
+        },
+        other => panic!(
+            "ternary_linear expects f32 activations, got {:?}",
+            other.dtype()
+        ),
+    }
+}
+
+fn ndarray_u8(t: &NdArrayTensor) -> std::borrow::Cow<'_, [u8]> {
+    match t {
+        NdArrayTensor::U8(s) => match s.view().to_slice() {
+            Some(slice) => slice.into(),
+            None => s.view().iter().copied().collect::<Vec<_>>().into(),
+        },
+        other => panic!("packed ternary weights must be u8, got {:?}", other.dtype()),
+    }
+}
+
+impl TernaryOps for NdArray {
+    fn ternary_linear(
+        x: NdArrayTensor,
+        packed: NdArrayTensor,
+        layout: TernaryLayout,
+    ) -> NdArrayTensor {
+        NdArrayTensor::from_data(linear_on_host(
+            &ndarray_f32(&x),
+            &x.shape(),
+            &ndarray_u8(&packed),
+            layout,
+        ))
+    }
+
+    fn ternary_dequantize(packed: NdArrayTensor, layout: TernaryLayout) -> NdArrayTensor {
+        NdArrayTensor::from_data(dequantize_on_host(&ndarray_u8(&packed), layout))
+    }
+}
+
+/// Backward of the ternary linear layer: the weights are frozen, so only the input gets a
+/// gradient, `dx = dy · W` with `W` dequantized.
+#[derive(Debug)]
+struct TernaryLinearBackward;
+
+impl<B: Backend + TernaryOps> Backward<B, 1> for TernaryLinearBackward {
+    type State = (IntTensor<B>, TernaryLayout, Shape);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let (packed, layout, x_shape) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            let weights = B::ternary_dequantize(packed, layout);
+            let tokens = x_shape.num_elements() / layout.k;
+            let grad = B::float_reshape(grad, Shape::new([tokens, layout.n]));
+            B::float_reshape(B::float_matmul(grad, weights), x_shape)
+        });
+    }
+}
+
+impl<B: Backend + TernaryOps, C: CheckpointStrategy> TernaryOps for Autodiff<B, C> {
+    fn ternary_linear(
+        x: FloatTensor<Self>,
+        packed: IntTensor<Self>,
+        layout: TernaryLayout,
+    ) -> FloatTensor<Self> {
+        let x_shape = x.shape();
+        let node = x.node();
+        let out = B::ternary_linear(x.into_primitive(), packed.clone(), layout);
+        match TernaryLinearBackward
+            .prepare::<C>([node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((packed, layout, x_shape), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn ternary_dequantize(packed: IntTensor<Self>, layout: TernaryLayout) -> FloatTensor<Self> {
+        Self::from_inner(B::ternary_dequantize(packed, layout))
+    }
+}
+
+/// Packed ternary weights on a Burn device, validated once so every call can trust them.
+#[derive(Debug, Clone)]
+pub struct TernaryWeight {
+    packed: Tensor<2, Int>,
+    layout: TernaryLayout,
+}
+
+impl TernaryWeight {
+    /// Uploads host-packed weights to `device` as a `U8` tensor.
+    pub fn from_i2s(weights: &I2sWeights, device: &Device) -> Self {
+        let layout = weights.layout();
+        let data = TensorData::new(weights.codes().to_vec(), [layout.n, layout.row_bytes()]);
+        Self {
+            packed: Tensor::from_data(data, (device, DType::U8)),
+            layout,
+        }
+    }
+
+    /// Wraps a `U8` tensor of I2_S codes `[n, k_padded / 4]` (a loaded module parameter).
+    pub fn new(packed: Tensor<2, Int>, layout: TernaryLayout) -> Result<Self> {
+        let expected = [layout.n, layout.row_bytes()];
+        if packed.dims() != expected {
+            return Err(TernaryError::Shape(format!(
+                "packed ternary weights are {:?}, expected {expected:?} for n={}, k={}",
+                packed.dims(),
+                layout.n,
+                layout.k
+            )));
+        }
+        if packed.dtype() != DType::U8 {
+            return Err(TernaryError::Shape(format!(
+                "packed ternary weights must be u8, got {:?}",
+                packed.dtype()
+            )));
+        }
+        Ok(Self { packed, layout })
+    }
+
+    /// The shape and scale.
+    pub fn layout(&self) -> TernaryLayout {
+        self.layout
+    }
+
+    /// The packed codes.
+    pub fn packed(&self) -> &Tensor<2, Int> {
+        &self.packed
+    }
+
+    /// The dequantized float weights.
+    ///
+    /// # Shapes
+    /// - output: `[n, k]`
+    pub fn dequantize(&self) -> Tensor<2> {
+        Tensor::from_dispatch(<Dispatch as TernaryOps>::ternary_dequantize(
+            self.packed.clone().into_dispatch(),
+            self.layout,
+        ))
+    }
+}
+
+/// Applies a ternary linear layer: per-token int8 quantization of `x`, the exact int8 x ternary
+/// product, and the scale convention of the weights.
+///
+/// # Shapes
+/// - `x`: `[..., k]`
+/// - output: `[..., n]`
+pub fn ternary_linear<const D: usize>(x: Tensor<D>, weight: &TernaryWeight) -> Result<Tensor<D>> {
+    let layout = weight.layout;
+    let dims = x.dims();
+    if D == 0 || dims[D - 1] != layout.k {
+        return Err(TernaryError::Shape(format!(
+            "input shape {dims:?} does not end in k={} of the ternary weights",
+            layout.k
+        )));
+    }
+    Isa::selected()?;
+    let dtype = x.dtype();
+    let x = if dtype == DType::F32 {
+        x
+    } else {
+        x.cast(DType::F32)
+    };
+    let y = Tensor::<D>::from_dispatch(<Dispatch as TernaryOps>::ternary_linear(
+        x.into_dispatch(),
+        weight.packed.clone().into_dispatch(),
+        layout,
+    ));
+    Ok(if dtype == DType::F32 {
+        y
+    } else {
+        y.cast(dtype)
+    })
+}
+
+/// Method form of [`ternary_linear`], so a call reads like Burn's own ops: `x.ternary_linear(&w)?`.
+pub trait TernaryLinearExt<const D: usize> {
+    /// See [`ternary_linear`].
+    fn ternary_linear(self, weight: &TernaryWeight) -> Result<Tensor<D>>;
+}
+
+impl<const D: usize> TernaryLinearExt<D> for Tensor<D> {
+    fn ternary_linear(self, weight: &TernaryWeight) -> Result<Tensor<D>> {
+        ternary_linear(self, weight)
+    }
+}

@@ -1,0 +1,185 @@
+//! AVX2 path: `vpmaddubsw` multiplies the unsigned 2-bit codes by the signed int8 activations.
+//!
+//! `maddubs` adds two products per i16 lane; with codes <= 2 and |q| <= 128 a lane holds at most
+//! 512 in magnitude, so i16 sums are widened to i32 (`vpmaddwd` by ones) every 16384 / 512 = 32
+//! lanes-worth of products, never later.
+
+use std::arch::x86_64::*;
+
+use super::TernaryKernel;
+use crate::i2s::{BLOCK, BLOCK_BYTES};
+
+pub(super) struct Avx2;
+
+/// Blocks of 128 weights summed in i16 before widening: 4 maddubs of <= 512 each per block.
+const GEMV_BLOCKS_PER_FLUSH: usize = 8;
+/// 32-byte chunks summed in i16 before widening on unpacked codes (one maddubs each).
+const CHUNKS_PER_FLUSH: usize = 32;
+/// Rows interleaved in the one-token path, sharing each activation load.
+const GEMV_ROWS: usize = 2;
+
+impl TernaryKernel for Avx2 {
+    unsafe fn gemv(codes: &[u8], row_bytes: usize, q: &[i8], out: &mut [i32]) {
+        for (rows, out) in codes
+            .chunks(GEMV_ROWS * row_bytes)
+            .zip(out.chunks_mut(GEMV_ROWS))
+        {
+            if out.len() == GEMV_ROWS {
+                let (a, b) = rows.split_at(row_bytes);
+                // SAFETY: the caller guarantees AVX2; each row is `row_bytes`, q is `4 * row_bytes`.
+                out.copy_from_slice(&unsafe { gemv_tile([a, b], q) });
+            } else {
+                // SAFETY: as above.
+                out[0] = unsafe { gemv_tile([rows], q) }[0];
+            }
+        }
+    }
+
+    unsafe fn decode_row(row: &[u8], dst: &mut [u8]) {
+        // SAFETY: the caller guarantees AVX2 and `dst.len() == 4 * row.len()`.
+        unsafe { decode_row(row, dst) }
+    }
+
+    unsafe fn dot_tile<const R: usize, const T: usize>(
+        codes: [&[u8]; R],
+        qs: [&[i8]; T],
+    ) -> [[i32; T]; R] {
+        // SAFETY: the caller guarantees AVX2 and equal lengths that are multiples of 128.
+        unsafe { dot_tile(codes, qs) }
+    }
+}
+
+/// Splits 32 packed bytes into the four groups of 32 codes they hold, in column order.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn unpack(packed: __m256i) -> [__m256i; 4] {
+    let mask = _mm256_set1_epi8(3);
+    // 16-bit shifts pull bits of the neighbouring byte into the top of each byte; the mask drops them.
+    [
+        _mm256_and_si256(_mm256_srli_epi16::<6>(packed), mask),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask),
+        _mm256_and_si256(_mm256_srli_epi16::<2>(packed), mask),
+        _mm256_and_si256(packed, mask),
+    ]
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// Loads 32 bytes starting at `ptr`.
+///
+/// # Safety
+/// `ptr` points to at least 32 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn load<T>(ptr: *const T) -> __m256i {
+    // SAFETY: the caller guarantees 32 readable bytes; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(ptr.cast()) }
+}
+
+/// Sums `code * q` over `R` packed rows against one token.
+///
+/// # Safety
+/// Every row is `q.len() / 4` bytes and `q.len()` is a multiple of 128.
+#[target_feature(enable = "avx2")]
+unsafe fn gemv_tile<const R: usize>(rows: [&[u8]; R], q: &[i8]) -> [i32; R] {
+    let blocks = q.len() / BLOCK;
+    debug_assert!(rows.iter().all(|r| r.len() == blocks * BLOCK_BYTES));
+    let ones = _mm256_set1_epi16(1);
+    let mut acc32 = [_mm256_setzero_si256(); R];
+    let mut start = 0;
+    while start < blocks {
+        let end = (start + GEMV_BLOCKS_PER_FLUSH).min(blocks);
+        let mut acc16 = [_mm256_setzero_si256(); R];
+        for b in start..end {
+            // SAFETY: b < blocks, so the 128 activations and 32 packed bytes of block b exist.
+            let x: [__m256i; 4] = std::array::from_fn(|g| unsafe {
+                load(q.as_ptr().add(b * BLOCK + g * BLOCK_BYTES))
+            });
+            for (acc, row) in acc16.iter_mut().zip(rows) {
+                // SAFETY: as above.
+                let c = unpack(unsafe { load(row.as_ptr().add(b * BLOCK_BYTES)) });
+                let s01 = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(c[0], x[0]),
+                    _mm256_maddubs_epi16(c[1], x[1]),
+                );
+                let s23 = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(c[2], x[2]),
+                    _mm256_maddubs_epi16(c[3], x[3]),
+                );
+                *acc = _mm256_add_epi16(*acc, _mm256_add_epi16(s01, s23));
+            }
+        }
+        for (a32, a16) in acc32.iter_mut().zip(acc16) {
+            *a32 = _mm256_add_epi32(*a32, _mm256_madd_epi16(a16, ones));
+        }
+        start = end;
+    }
+    acc32.map(|v| hsum_i32(v))
+}
+
+/// Unpacks a packed row into one code per byte.
+///
+/// # Safety
+/// `dst.len() == 4 * row.len()` and `row.len()` is a multiple of 32.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn decode_row(row: &[u8], dst: &mut [u8]) {
+    debug_assert_eq!(dst.len(), 4 * row.len());
+    for (packed, dst) in row
+        .chunks_exact(BLOCK_BYTES)
+        .zip(dst.chunks_exact_mut(BLOCK))
+    {
+        // SAFETY: `packed` is 32 bytes and `dst` 128 bytes, so each store of group g fits.
+        unsafe {
+            for (g, codes) in unpack(load(packed.as_ptr())).into_iter().enumerate() {
+                _mm256_storeu_si256(dst.as_mut_ptr().add(g * BLOCK_BYTES).cast(), codes);
+            }
+        }
+    }
+}
+
+/// `out[r][t] = sum_c codes[r][c] * qs[t][c]` over unpacked codes.
+///
+/// # Safety
+/// All slices have the same length, a multiple of 32.
+#[target_feature(enable = "avx2")]
+unsafe fn dot_tile<const R: usize, const T: usize>(
+    codes: [&[u8]; R],
+    qs: [&[i8]; T],
+) -> [[i32; T]; R] {
+    let chunks = qs[0].len() / 32;
+    debug_assert!(codes.iter().all(|c| c.len() == chunks * 32));
+    debug_assert!(qs.iter().all(|q| q.len() == chunks * 32));
+    let ones = _mm256_set1_epi16(1);
+    let mut acc32 = [[_mm256_setzero_si256(); T]; R];
+    let mut start = 0;
+    while start < chunks {
+        let end = (start + CHUNKS_PER_FLUSH).min(chunks);
+        let mut acc16 = [[_mm256_setzero_si256(); T]; R];
+        for ch in start..end {
+            // SAFETY: ch < chunks, so 32 bytes at ch * 32 exist in every slice.
+            let w: [__m256i; R] =
+                std::array::from_fn(|r| unsafe { load(codes[r].as_ptr().add(ch * 32)) });
+            for t in 0..T {
+                // SAFETY: as above.
+                let x = unsafe { load(qs[t].as_ptr().add(ch * 32)) };
+                for r in 0..R {
+                    acc16[r][t] = _mm256_add_epi16(acc16[r][t], _mm256_maddubs_epi16(w[r], x));
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..T {
+                acc32[r][t] = _mm256_add_epi32(acc32[r][t], _mm256_madd_epi16(acc16[r][t], ones));
+            }
+        }
+        start = end;
+    }
+    acc32.map(|row| row.map(|v| hsum_i32(v)))
+}

@@ -1,0 +1,322 @@
+//! Exact int8 x ternary matrix products, one file per instruction set behind one dispatch point.
+//!
+//! Every path computes `raw[r][t] = sum_c code(r, c) * q[t][c]` with the unsigned I2_S codes
+//! (0, 1, 2); the driver subtracts the token's `sum(q)` once to recover `sum_c w(r, c) * q[t][c]`
+//! for `w = code - 1`. All arithmetic is integer, so every path gives the same bits.
+//!
+//! Decode (one token) streams each packed row once ([`TernaryKernel::gemv`]). Prefill (several
+//! tokens) unpacks a pair of rows into bytes once and reuses them for every token, four tokens
+//! at a time ([`TernaryKernel::dot_tile`]), so weight decoding is paid once per row, not per token.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod scalar;
+
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use crate::error::{Result, TernaryError};
+use crate::i2s::I2sView;
+use crate::quant::QuantizedActivations;
+
+/// Rows decoded together in the multi-token path.
+const ROW_TILE: usize = 2;
+/// Tokens that share each load of decoded weights in the multi-token path.
+const TOKEN_TILE: usize = 4;
+
+/// What one instruction set provides. Implementations are zero-sized markers; their functions
+/// are `unsafe` because they may only run on a CPU that has the instruction set.
+trait TernaryKernel {
+    /// `out[r] = sum_c code(r, c) * q[c]` for every packed row in `codes`.
+    ///
+    /// # Safety
+    /// The CPU supports the instruction set; `codes.len() == out.len() * row_bytes` and
+    /// `q.len() == 4 * row_bytes`, a multiple of the block.
+    unsafe fn gemv(codes: &[u8], row_bytes: usize, q: &[i8], out: &mut [i32]);
+
+    /// Unpacks one I2_S row into one code byte per weight, in column order.
+    ///
+    /// # Safety
+    /// The CPU supports the instruction set; `dst.len() == 4 * row.len()`.
+    unsafe fn decode_row(row: &[u8], dst: &mut [u8]);
+
+    /// `out[r][t] = sum_c codes[r][c] * qs[t][c]` over unpacked codes.
+    ///
+    /// # Safety
+    /// The CPU supports the instruction set; all slices have one length, a multiple of the block.
+    unsafe fn dot_tile<const R: usize, const T: usize>(
+        codes: [&[u8]; R],
+        qs: [&[i8]; T],
+    ) -> [[i32; T]; R];
+}
+
+/// An instruction set a ternary kernel can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust, the reference every other path must equal.
+    Scalar,
+    /// AVX2: `vpmaddubsw` on the unsigned codes.
+    Avx2,
+    /// AVX-512 with VNNI: `vpdpbusd`.
+    Avx512Vnni,
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Scalar => "scalar",
+            Self::Avx2 => "avx2",
+            Self::Avx512Vnni => "avx512",
+        })
+    }
+}
+
+impl Isa {
+    /// Every instruction set this build knows, fastest last.
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
+
+    /// Whether this CPU can run the path.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Self::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Vnni => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The paths this CPU supports.
+    pub fn supported() -> Vec<Isa> {
+        Self::ALL.into_iter().filter(|i| i.is_supported()).collect()
+    }
+
+    /// The fastest path this CPU supports.
+    pub fn best() -> Isa {
+        Self::supported().pop().unwrap_or(Isa::Scalar)
+    }
+
+    /// Parses a `BITNET_ISA` value and checks the CPU has it.
+    pub fn parse(value: &str) -> Result<Isa> {
+        let isa = match value.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Isa::Scalar,
+            "avx2" => Isa::Avx2,
+            "avx512" | "avx512vnni" | "avx512_vnni" => Isa::Avx512Vnni,
+            other => {
+                return Err(TernaryError::Dispatch(format!(
+                    "BITNET_ISA={other:?} is not one of scalar, avx2, avx512"
+                )));
+            }
+        };
+        if !isa.is_supported() {
+            return Err(TernaryError::Dispatch(format!(
+                "BITNET_ISA={isa} was requested but this CPU does not support it (supported: {})",
+                Self::supported()
+                    .iter()
+                    .map(Isa::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(isa)
+    }
+
+    /// The path chosen once per process: `BITNET_ISA` if set, else the best the CPU has.
+    pub fn selected() -> Result<Isa> {
+        static SELECTED: OnceLock<Result<Isa>> = OnceLock::new();
+        SELECTED
+            .get_or_init(|| match std::env::var("BITNET_ISA") {
+                Ok(value) if !value.trim().is_empty() => Isa::parse(&value),
+                _ => Ok(Isa::best()),
+            })
+            .clone()
+    }
+
+    fn ensure_supported(self) -> Result<()> {
+        if self.is_supported() {
+            Ok(())
+        } else {
+            Err(TernaryError::Dispatch(format!(
+                "the {self} kernel path is not supported by this CPU"
+            )))
+        }
+    }
+}
+
+/// Exact accumulators `acc[t][r] = sum_c q[t][c] * w[r][c]`, row-major `[m, n]`.
+pub fn ternary_matmul_i32(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Result<Vec<i32>> {
+    let raw = raw_dots(isa, w, x)?;
+    let (m, n) = (x.m, w.layout.n);
+    let mut acc = vec![0i32; m * n];
+    for (t, row) in acc.chunks_exact_mut(n).enumerate() {
+        for (r, a) in row.iter_mut().enumerate() {
+            *a = raw[r * m + t] - x.sums[t];
+        }
+    }
+    Ok(acc)
+}
+
+/// The float output of a ternary linear layer for `m` tokens of quantized activations,
+/// row-major `[m, n]`, following the layout's scale convention exactly.
+pub fn ternary_linear_quantized(
+    isa: Isa,
+    w: I2sView<'_>,
+    x: &QuantizedActivations,
+) -> Result<Vec<f32>> {
+    let raw = raw_dots(isa, w, x)?;
+    let (m, n) = (x.m, w.layout.n);
+    let (scale, convention) = (w.layout.scale, w.layout.convention);
+    let mut y = vec![0f32; m * n];
+    for (t, row) in y.chunks_exact_mut(n).enumerate() {
+        let (sum, x_scale) = (x.sums[t], x.scales[t]);
+        for (r, out) in row.iter_mut().enumerate() {
+            *out = convention.output(raw[r * m + t] - sum, x_scale, scale);
+        }
+    }
+    Ok(y)
+}
+
+/// Quantizes `x` (`[m, k]`, row-major) per token and applies the ternary layer: `[m, n]`.
+pub fn ternary_linear(isa: Isa, w: I2sView<'_>, x: &[f32], m: usize) -> Result<Vec<f32>> {
+    let k = w.layout.k;
+    if x.len() != m * k {
+        return Err(TernaryError::Shape(format!(
+            "activations have {} values, expected m={m} x k={k}",
+            x.len()
+        )));
+    }
+    let xq = QuantizedActivations::new(x, m, k, w.layout.k_padded(), w.layout.activation);
+    ternary_linear_quantized(isa, w, &xq)
+}
+
+/// `raw[r * m + t]` for all rows and tokens, rows split across the rayon pool.
+fn raw_dots(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Result<Vec<i32>> {
+    isa.ensure_supported()?;
+    if x.k != w.layout.k || x.k_padded != w.layout.k_padded() {
+        return Err(TernaryError::Shape(format!(
+            "activations have k={} (padded {}), weights have k={} (padded {})",
+            x.k,
+            x.k_padded,
+            w.layout.k,
+            w.layout.k_padded()
+        )));
+    }
+    let (m, n, rb) = (x.m, w.layout.n, w.layout.row_bytes());
+    let mut raw = vec![0i32; n * m];
+    if m == 0 {
+        return Ok(raw);
+    }
+    let rows_per_task = rows_per_task(n);
+    raw.par_chunks_mut(rows_per_task * m)
+        .enumerate()
+        .for_each(|(i, out)| {
+            let r0 = i * rows_per_task;
+            let codes = &w.codes[r0 * rb..(r0 + out.len() / m) * rb];
+            match isa {
+                Isa::Scalar => run::<scalar::Scalar>(codes, rb, &x.q, m, out),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => run::<avx2::Avx2>(codes, rb, &x.q, m, out),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512Vnni => run::<avx512::Avx512Vnni>(codes, rb, &x.q, m, out),
+                #[cfg(not(target_arch = "x86_64"))]
+                _ => unreachable!("ensure_supported rejects x86 paths on other architectures"),
+            }
+        });
+    Ok(raw)
+}
+
+/// Enough tasks for rayon to balance the pool, each a whole number of row tiles.
+fn rows_per_task(n: usize) -> usize {
+    let tasks = rayon::current_num_threads() * 8;
+    n.div_ceil(tasks).next_multiple_of(ROW_TILE).max(8)
+}
+
+fn run<K: TernaryKernel>(codes: &[u8], rb: usize, q: &[i8], m: usize, out: &mut [i32]) {
+    let kp = rb * 4;
+    assert_eq!(
+        q.len(),
+        m * kp,
+        "activations must be padded like the weights"
+    );
+    assert_eq!(
+        codes.len() * m,
+        out.len() * rb,
+        "one output per row and token"
+    );
+    if m == 1 {
+        // SAFETY: `raw_dots` checked the CPU supports K's instruction set; lengths asserted above.
+        unsafe { K::gemv(codes, rb, q, out) };
+        return;
+    }
+    thread_local! {
+        static DECODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    DECODED.with_borrow_mut(|decoded| {
+        decoded.resize(ROW_TILE * kp, 0);
+        for (tile, out) in codes
+            .chunks(ROW_TILE * rb)
+            .zip(out.chunks_mut(ROW_TILE * m))
+        {
+            for (row, dst) in tile.chunks_exact(rb).zip(decoded.chunks_exact_mut(kp)) {
+                // SAFETY: CPU support checked by `raw_dots`; `dst` is 4 bytes per packed byte.
+                unsafe { K::decode_row(row, dst) };
+            }
+            if tile.len() == ROW_TILE * rb {
+                token_tiles::<K, ROW_TILE>(decoded, q, kp, m, out);
+            } else {
+                token_tiles::<K, 1>(decoded, q, kp, m, out);
+            }
+        }
+    });
+}
+
+/// Runs `R` decoded rows against all `m` tokens, `TOKEN_TILE` at a time, then one at a time.
+fn token_tiles<K: TernaryKernel, const R: usize>(
+    decoded: &[u8],
+    q: &[i8],
+    kp: usize,
+    m: usize,
+    out: &mut [i32],
+) {
+    let codes: [&[u8]; R] = std::array::from_fn(|r| &decoded[r * kp..(r + 1) * kp]);
+    let token = |t: usize| &q[t * kp..(t + 1) * kp];
+    let mut t = 0;
+    while t < m {
+        let tile = if m - t >= TOKEN_TILE { TOKEN_TILE } else { 1 };
+        if tile == TOKEN_TILE {
+            // SAFETY: CPU support checked by `raw_dots`; every slice is `kp` long.
+            let sums = unsafe {
+                K::dot_tile::<R, TOKEN_TILE>(codes, std::array::from_fn(|i| token(t + i)))
+            };
+            store(&sums, t, m, out);
+        } else {
+            // SAFETY: as above.
+            let sums = unsafe { K::dot_tile::<R, 1>(codes, [token(t)]) };
+            store(&sums, t, m, out);
+        }
+        t += tile;
+    }
+}
+
+fn store<const R: usize, const T: usize>(
+    sums: &[[i32; T]; R],
+    t0: usize,
+    m: usize,
+    out: &mut [i32],
+) {
+    for (r, row) in sums.iter().enumerate() {
+        out[r * m + t0..r * m + t0 + T].copy_from_slice(row);
+    }
+}

@@ -1,0 +1,60 @@
+//! Portable reference path: plain loops over the I2_S layout.
+
+use super::TernaryKernel;
+use crate::i2s::{BLOCK, BLOCK_BYTES};
+
+pub(super) struct Scalar;
+
+/// The four weights byte `p` of a block holds sit at `p + GROUP * 32` for these groups, in bits
+/// `SHIFTS[group]`.
+const SHIFTS: [u32; 4] = [6, 4, 2, 0];
+
+impl TernaryKernel for Scalar {
+    unsafe fn gemv(codes: &[u8], row_bytes: usize, q: &[i8], out: &mut [i32]) {
+        for (row, out) in codes.chunks_exact(row_bytes).zip(out) {
+            *out = row
+                .chunks_exact(BLOCK_BYTES)
+                .zip(q.chunks_exact(BLOCK))
+                .map(|(block, q)| {
+                    let mut sum = 0i32;
+                    for (group, shift) in SHIFTS.iter().enumerate() {
+                        let q = &q[group * BLOCK_BYTES..(group + 1) * BLOCK_BYTES];
+                        for (&byte, &x) in block.iter().zip(q) {
+                            sum += ((byte >> shift) & 3) as i32 * x as i32;
+                        }
+                    }
+                    sum
+                })
+                .sum();
+        }
+    }
+
+    unsafe fn decode_row(row: &[u8], dst: &mut [u8]) {
+        for (block, dst) in row
+            .chunks_exact(BLOCK_BYTES)
+            .zip(dst.chunks_exact_mut(BLOCK))
+        {
+            for (group, shift) in SHIFTS.iter().enumerate() {
+                let dst = &mut dst[group * BLOCK_BYTES..(group + 1) * BLOCK_BYTES];
+                for (d, &byte) in dst.iter_mut().zip(block) {
+                    *d = (byte >> shift) & 3;
+                }
+            }
+        }
+    }
+
+    unsafe fn dot_tile<const R: usize, const T: usize>(
+        codes: [&[u8]; R],
+        qs: [&[i8]; T],
+    ) -> [[i32; T]; R] {
+        std::array::from_fn(|r| {
+            std::array::from_fn(|t| {
+                codes[r]
+                    .iter()
+                    .zip(qs[t])
+                    .map(|(&c, &x)| c as i32 * x as i32)
+                    .sum()
+            })
+        })
+    }
+}

@@ -1,0 +1,21 @@
+//! # bitnet-backend
+//!
+//! Packed ternary weights in bitnet.cpp's I2_S layout, exact per-token int8 activation
+//! quantization, SIMD ternary matrix kernels chosen at run time, and the Burn backend extension
+//! ([`TernaryOps`]) that lets a Burn model run a ternary linear layer on Flex, NdArray and
+//! Autodiff devices.
+//!
+//! Lossless means: the int32 accumulators equal the exact `sum(q * w)` of the int8 activations
+//! and ternary weights, and the float output follows the reference formula bit for bit.
+
+pub mod error;
+pub mod extension;
+pub mod i2s;
+pub mod kernels;
+pub mod quant;
+
+pub use error::{Result, TernaryError};
+pub use extension::{TernaryLinearExt, TernaryOps, TernaryWeight, ternary_linear};
+pub use i2s::{I2sView, I2sWeights, ScaleConvention, TernaryLayout};
+pub use kernels::Isa;
+pub use quant::{ActivationScale, QuantizedActivations};

@@ -1,0 +1,108 @@
+//! Per-token absmax int8 quantization of activations, exactly as the references compute it.
+//!
+//! For each row (token) `x` of length `k`: `amax = max(|x|)` floored at `1e-5`,
+//! `scale = 127 / amax`, `q = clamp(round_half_even(x * scale), -128, 127)`.
+//!
+//! The two reference engines evaluate `127 / amax` differently, and the last bit of the scale
+//! moves both `q` (on ties) and the output, so the rule is part of the weight format
+//! ([`ActivationScale`]).
+
+/// Smallest `amax` used for the scale, so an all-zero row quantizes to zeros instead of NaN.
+pub const AMAX_FLOOR: f32 = 1e-5;
+
+/// How `127 / amax` is evaluated in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ActivationScale {
+    /// `(1 / amax) * 127`, two f32 roundings: PyTorch evaluates `127 / tensor` as
+    /// `tensor.reciprocal() * 127`, so HF transformers (BitLinear, AutoBitLinear) and 1bitLLM do this.
+    #[default]
+    Reciprocal,
+    /// `127 / amax` rounded once: bitnet.cpp divides in f64 and rounds to f32, which for a quotient
+    /// of two f32 values always equals the correctly rounded f32 division (f64 has > 2*24+2 bits).
+    Quotient,
+}
+
+impl ActivationScale {
+    /// The quantization scale of a row whose largest magnitude is `amax`.
+    #[inline]
+    pub fn scale(self, amax: f32) -> f32 {
+        let amax = amax.max(AMAX_FLOOR);
+        match self {
+            Self::Reciprocal => (1.0 / amax) * 127.0,
+            Self::Quotient => 127.0 / amax,
+        }
+    }
+}
+
+/// Quantized activations of `m` tokens, each row zero-padded to `k_padded` columns so the kernels
+/// can run whole blocks; padding contributes nothing to any sum.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QuantizedActivations {
+    /// Tokens (rows).
+    pub m: usize,
+    /// Real columns per row.
+    pub k: usize,
+    /// Columns per row in `q`, a multiple of the kernel block.
+    pub k_padded: usize,
+    /// int8 values, `[m, k_padded]`.
+    pub q: Vec<i8>,
+    /// Per-row scales `127 / amax`, `[m]`.
+    pub scales: Vec<f32>,
+    /// Per-row sums of `q`, `[m]` (the I2_S kernels subtract them to undo the `+1` code offset).
+    pub sums: Vec<i32>,
+}
+
+impl QuantizedActivations {
+    /// Quantizes `x` (`[m, k]`, row-major) into rows padded to `k_padded`.
+    ///
+    /// # Panics
+    /// If `x.len() != m * k` or `k_padded < k`: callers validate shapes first.
+    pub fn new(x: &[f32], m: usize, k: usize, k_padded: usize, rule: ActivationScale) -> Self {
+        let mut out = Self::default();
+        out.quantize(x, m, k, k_padded, rule);
+        out
+    }
+
+    /// Re-quantizes into the existing buffers (no allocation once they are large enough).
+    pub fn quantize(
+        &mut self,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        k_padded: usize,
+        rule: ActivationScale,
+    ) {
+        assert_eq!(x.len(), m * k, "activation length must be m * k");
+        assert!(k_padded >= k, "k_padded must be at least k");
+        self.m = m;
+        self.k = k;
+        self.k_padded = k_padded;
+        self.q.clear();
+        self.q.resize(m * k_padded, 0);
+        self.scales.clear();
+        self.sums.clear();
+        for (row, q) in x.chunks_exact(k).zip(self.q.chunks_exact_mut(k_padded)) {
+            let (scale, sum) = quantize_row(row, &mut q[..k], rule);
+            self.scales.push(scale);
+            self.sums.push(sum);
+        }
+    }
+
+    /// The padded int8 row of token `t`.
+    pub fn row(&self, t: usize) -> &[i8] {
+        &self.q[t * self.k_padded..(t + 1) * self.k_padded]
+    }
+}
+
+/// Quantizes one row into `q` (same length), returning its scale and the sum of `q`.
+pub fn quantize_row(x: &[f32], q: &mut [i8], rule: ActivationScale) -> (f32, i32) {
+    let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    let scale = rule.scale(amax);
+    let mut sum = 0i32;
+    for (q, &v) in q.iter_mut().zip(x) {
+        // `as i8` saturates and maps NaN to 0: a NaN input cannot panic or overflow.
+        *q = (v * scale).round_ties_even().clamp(-128.0, 127.0) as i8;
+        sum += *q as i32;
+    }
+    (scale, sum)
+}

@@ -1,0 +1,115 @@
+//! The Burn extension on Flex, NdArray and Autodiff: equal to a float matmul with the
+//! dequantized weights, with the input gradient `dy · W`.
+
+mod common;
+
+use bitnet_backend::{
+    I2sWeights, ScaleConvention, TernaryLinearExt, TernaryWeight, ternary_linear,
+};
+use burn::tensor::{Device, Tensor, TensorData, Tolerance};
+use common::Rng;
+
+fn devices() -> Vec<(&'static str, Device)> {
+    #[allow(deprecated)]
+    let ndarray = Device::ndarray();
+    vec![("flex", Device::flex()), ("ndarray", ndarray)]
+}
+
+fn setup(seed: u64, n: usize, k: usize, convention: ScaleConvention) -> (I2sWeights, Vec<f32>) {
+    let mut rng = Rng::new(seed);
+    let w = rng.ternaries(n * k);
+    let weights = I2sWeights::from_ternary(&w, n, k, 0.8, convention).unwrap();
+    (weights, rng.floats(2 * 3 * k))
+}
+
+/// The same product in float: quantize-dequantize x per token, then matmul with the float weights.
+fn float_reference(x: &[f32], k: usize, weights: &I2sWeights, device: &Device) -> Tensor<2> {
+    let m = x.len() / k;
+    let xq = bitnet_backend::QuantizedActivations::new(x, m, k, k, weights.layout().activation);
+    let x_dq: Vec<f32> = (0..m)
+        .flat_map(|t| xq.row(t).iter().map(move |&q| (t, q)))
+        .map(|(t, q)| q as f32 / xq.scales[t])
+        .collect();
+    let x_dq = Tensor::<2>::from_data(TensorData::new(x_dq, [m, k]), device);
+    let w = Tensor::<2>::from_data(
+        TensorData::new(weights.view().dequantize(), [weights.layout().n, k]),
+        device,
+    );
+    x_dq.matmul(w.transpose())
+}
+
+#[test]
+fn burn_op_equals_float_matmul_with_dequantized_weights() {
+    let (n, k) = (19, 300);
+    for convention in [ScaleConvention::Multiply, ScaleConvention::Divide] {
+        let (weights, x) = setup(5, n, k, convention);
+        for (name, device) in devices() {
+            let w = TernaryWeight::from_i2s(&weights, &device);
+            let input = Tensor::<3>::from_data(TensorData::new(x.clone(), [2, 3, k]), &device);
+            let y = input.ternary_linear(&w).unwrap();
+            assert_eq!(y.dims(), [2, 3, n], "{name}");
+            let want = float_reference(&x, k, &weights, &device).reshape([2, 3, n]);
+            let want = want.into_data();
+            y.into_data()
+                .assert_approx_eq::<f32>(&want, relative_to_max(&want, 1e-5));
+            // Dequantized weights through the op equal the host dequantization.
+            let host = Tensor::<2>::from_data(
+                TensorData::new(weights.view().dequantize(), [n, k]),
+                &device,
+            );
+            w.dequantize()
+                .into_data()
+                .assert_eq(&host.into_data(), true);
+        }
+    }
+}
+
+/// `rel` relative per element, with an absolute floor of `rel * max|want|` so outputs that
+/// cancel to near zero are judged against the size of the layer, as the golden manifest does.
+fn relative_to_max(want: &TensorData, rel: f32) -> Tolerance<f32> {
+    let max = want.iter::<f32>().fold(0.0f32, |a, v| a.max(v.abs()));
+    Tolerance::rel_abs(rel, rel * max)
+}
+
+#[test]
+fn autodiff_gradient_is_dy_times_dequantized_weights() {
+    let (n, k) = (7, 130);
+    let (weights, x) = setup(11, n, k, ScaleConvention::Multiply);
+    for (name, device) in devices() {
+        let device = device.autodiff();
+        let w = TernaryWeight::from_i2s(&weights, &device);
+        let input =
+            Tensor::<3>::from_data(TensorData::new(x.clone(), [2, 3, k]), &device).require_grad();
+        let y = ternary_linear(input.clone(), &w).unwrap();
+        let dy = Tensor::<3>::from_data(
+            TensorData::new(Rng::new(4).floats(2 * 3 * n), [2, 3, n]),
+            &device,
+        );
+        let grads = (y * dy.clone()).sum().backward();
+        let grad = input.grad(&grads).expect("input has a gradient");
+        let w_float = Tensor::<2>::from_data(
+            TensorData::new(weights.view().dequantize(), [n, k]),
+            &device.clone(),
+        );
+        let want = dy.reshape([6, n]).matmul(w_float).reshape([2, 3, k]);
+        assert_eq!(grad.dims(), [2, 3, k], "{name}");
+        let want = want.inner().into_data();
+        grad.into_data()
+            .assert_approx_eq::<f32>(&want, relative_to_max(&want, 1e-5));
+    }
+}
+
+#[test]
+fn wrong_shapes_are_errors() {
+    let (weights, _) = setup(1, 4, 10, ScaleConvention::Multiply);
+    let device = Device::flex();
+    let w = TernaryWeight::from_i2s(&weights, &device);
+    let bad = Tensor::<2>::zeros([3, 11], &device);
+    let err = bad.ternary_linear(&w).unwrap_err();
+    assert!(err.to_string().contains("k=10"), "{err}");
+    let wrong_packed =
+        Tensor::<2, burn::tensor::Int>::zeros([4, 3], (&device, burn::tensor::DType::U8));
+    assert!(TernaryWeight::new(wrong_packed, weights.layout()).is_err());
+    let wrong_dtype = Tensor::<2, burn::tensor::Int>::zeros([4, 32], &device);
+    assert!(TernaryWeight::new(wrong_dtype, weights.layout()).is_err());
+}

@@ -1,0 +1,194 @@
+//! Ternary kernel benchmarks: GEMV (one token, decode) and GEMM (128 tokens, prefill) on the
+//! weight shapes of the 700M dummy, BitNet b1.58 2B4T and Llama3-8B, for 1 and 2 threads and
+//! every instruction set this CPU has, next to Burn's own f32 matmul on Flex; then a decode
+//! sweep over a 3B-sized stack of layers (~0.8 GB of packed weights, far beyond any cache).
+//!
+//! `cargo bench --bench kernels` (all), `cargo bench --bench kernels -- sweep` (the sweep only).
+//! Throughput is reported as ternary multiply-accumulates per second (`elem/s`) for the kernel
+//! groups and as packed weight bytes per second for the sweep.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bitnet_backend::kernels::ternary_linear_quantized;
+use bitnet_backend::{
+    ActivationScale, I2sWeights, Isa, QuantizedActivations, ScaleConvention, TernaryLayout,
+};
+use burn::tensor::{Device, Tensor, TensorData};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+/// (n, k) of each distinct BitLinear shape: output rows x input columns.
+const SHAPES: [(&str, usize, usize); 9] = [
+    ("700M", 1536, 1536),
+    ("700M", 4096, 1536),
+    ("700M", 1536, 4096),
+    ("2B4T", 2560, 2560),
+    ("2B4T", 6912, 2560),
+    ("2B4T", 2560, 6912),
+    ("8B", 4096, 4096),
+    ("8B", 14336, 4096),
+    ("8B", 4096, 14336),
+];
+const THREADS: [usize; 2] = [1, 2];
+
+/// Deterministic random bytes (SplitMix64).
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Random valid I2_S weights: every 2-bit code drawn from {0, 1, 2}.
+fn random_weights(n: usize, k: usize, seed: u64) -> I2sWeights {
+    let layout = TernaryLayout::new(n, k, 0.5, ScaleConvention::Multiply).expect("valid shape");
+    let codes = random_bytes(layout.packed_len(), seed)
+        .into_iter()
+        .map(|b| (0..4).fold(0u8, |acc, i| acc | ((((b >> (2 * i)) & 3) % 3) << (2 * i))))
+        .collect();
+    I2sWeights::from_codes(layout, codes).expect("codes are valid")
+}
+
+fn random_activations(m: usize, k: usize, k_padded: usize, seed: u64) -> QuantizedActivations {
+    let x: Vec<f32> = random_bytes(m * k, seed)
+        .into_iter()
+        .map(|b| b as f32 / 128.0 - 1.0)
+        .collect();
+    QuantizedActivations::new(&x, m, k, k_padded, ActivationScale::default())
+}
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool")
+}
+
+fn kernels(c: &mut Criterion) {
+    for m in [1usize, 128] {
+        let mut group = c.benchmark_group(if m == 1 { "gemv" } else { "gemm128" });
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(2));
+        for (model, n, k) in SHAPES {
+            let weights = random_weights(n, k, (n * k) as u64);
+            let x = random_activations(m, k, weights.layout().k_padded(), 7);
+            group.throughput(Throughput::Elements((m * n * k) as u64));
+            for threads in THREADS {
+                let pool = pool(threads);
+                for isa in Isa::supported() {
+                    // The scalar reference is for correctness; at m=128 it would take minutes.
+                    if isa == Isa::Scalar && m > 1 {
+                        continue;
+                    }
+                    let id =
+                        BenchmarkId::new(format!("{isa}/t{threads}"), format!("{model} {n}x{k}"));
+                    group.bench_function(id, |b| {
+                        b.iter(|| {
+                            pool.install(|| {
+                                ternary_linear_quantized(isa, weights.view(), black_box(&x))
+                            })
+                        })
+                    });
+                }
+                let device = Device::flex();
+                let xf = Tensor::<2>::from_data(
+                    TensorData::new(
+                        random_bytes(m * k, 1)
+                            .into_iter()
+                            .map(f32::from)
+                            .collect::<Vec<_>>(),
+                        [m, k],
+                    ),
+                    &device,
+                );
+                let wf = Tensor::<2>::from_data(
+                    TensorData::new(weights.view().dequantize(), [n, k]),
+                    &device,
+                )
+                .transpose();
+                let id =
+                    BenchmarkId::new(format!("flex-f32/t{threads}"), format!("{model} {n}x{k}"));
+                group.bench_function(id, |b| {
+                    b.iter(|| pool.install(|| xf.clone().matmul(wf.clone()).into_data()))
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
+/// GEMV over every BitLinear of the 3B dummy layout (hidden 3200, FFN 8640, 26 layers).
+fn decode_sweep(c: &mut Criterion) {
+    let (hidden, ffn, layers) = (3200, 8640, 26);
+    let per_layer = [
+        (hidden, hidden),
+        (hidden, hidden),
+        (hidden, hidden),
+        (hidden, hidden),
+        (ffn, hidden),
+        (ffn, hidden),
+        (hidden, ffn),
+    ];
+    let stack: Vec<I2sWeights> = (0..layers)
+        .flat_map(|l| {
+            per_layer
+                .iter()
+                .enumerate()
+                .map(move |(i, &(n, k))| (l * 16 + i, n, k))
+        })
+        .map(|(seed, n, k)| random_weights(n, k, seed as u64))
+        .collect();
+    let bytes: usize = stack.iter().map(|w| w.codes().len()).sum();
+    let inputs: Vec<QuantizedActivations> = [hidden, ffn]
+        .iter()
+        .map(|&k| random_activations(1, k, k.div_ceil(128) * 128, 3))
+        .collect();
+    let mut group = c.benchmark_group("sweep");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8));
+    group.throughput(Throughput::Bytes(bytes as u64));
+    println!(
+        "decode sweep: {} matrices, {:.3} GB of packed weights",
+        stack.len(),
+        bytes as f64 / 1e9
+    );
+    for threads in THREADS {
+        let pool = pool(threads);
+        for isa in Isa::supported().into_iter().filter(|&i| i != Isa::Scalar) {
+            group.bench_function(
+                BenchmarkId::new(format!("{isa}/t{threads}"), "3B layers"),
+                |b| {
+                    b.iter(|| {
+                        pool.install(|| {
+                            for w in &stack {
+                                let x = if w.layout().k == hidden {
+                                    &inputs[0]
+                                } else {
+                                    &inputs[1]
+                                };
+                                black_box(
+                                    ternary_linear_quantized(isa, w.view(), x)
+                                        .expect("valid shapes"),
+                                );
+                            }
+                        })
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, kernels, decode_sweep);
+criterion_main!(benches);
