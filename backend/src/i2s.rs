@@ -19,7 +19,7 @@ pub const BLOCK_BYTES: usize = BLOCK / 4;
 pub const BITNET_TAIL_BYTES: usize = 32;
 
 /// How the per-tensor weight scale enters the float output `y` from the exact accumulator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ScaleConvention {
     /// `y = acc / x_scale * weight_scale` (bitnet.cpp, HF `AutoBitLinear` of BitNet b1.58 2B4T).
     Multiply,
@@ -49,7 +49,7 @@ impl ScaleConvention {
 }
 
 /// Shape and scale of a packed ternary matrix: everything but the codes themselves.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TernaryLayout {
     /// Output features (rows).
     pub n: usize,

@@ -11,7 +11,7 @@
 pub const AMAX_FLOOR: f32 = 1e-5;
 
 /// How `127 / amax` is evaluated in f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum ActivationScale {
     /// `(1 / amax) * 127`, two f32 roundings: PyTorch evaluates `127 / tensor` as
     /// `tensor.reciprocal() * 127`, so HF transformers (BitLinear, AutoBitLinear) and 1bitLLM do this.

@@ -1,5 +1,17 @@
 //! # bitnet-import
 //!
-//! Loading ternary checkpoints into `bitnet-backend` weights: Hugging Face safetensors
-//! checkpoints, bitnet.cpp GGUF files and the converted on-disk format. The loaders land with
-//! the import issues; until then the crate only reserves its place in the workspace.
+//! Loading ternary checkpoints into `bitnet-model`: Hugging Face directories
+//! (`config.json` + `model.safetensors` or sharded safetensors) of every supported family, with
+//! packed u8 weights repacked to I2_S and latent float weights ternarized at load. The files are
+//! memory-mapped and every tensor is checked against the configuration; anything missing,
+//! extra, misshapen or corrupt is an [`ImportError`] that names it.
+
+pub mod error;
+pub mod hf;
+pub mod hf_config;
+pub mod store;
+
+pub use error::{ImportError, Result};
+pub use hf::load_hf_model;
+pub use hf_config::{Family, read_config};
+pub use store::TensorStore;

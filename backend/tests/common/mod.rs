@@ -1,4 +1,5 @@
 //! Shared test support: the golden vectors in `../shared/golden` and seeded random data.
+//! (The import crate's tests include this file too.)
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
@@ -92,6 +93,13 @@ impl Golden {
         self.raw(name, Dtype::I32)
             .chunks_exact(4)
             .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    }
+
+    pub fn i64(&self, name: &str) -> Vec<i64> {
+        self.raw(name, Dtype::I64)
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
             .collect()
     }
 

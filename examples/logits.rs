@@ -1,0 +1,85 @@
+//! The evaluation primitive: logits of a token sequence from a model directory.
+//!
+//! ```text
+//! cargo run --release --example logits -- --model DIR --tokens 1,2,3 [--out FILE.safetensors]
+//! ```
+//! Prints the argmax of every position; with `--out`, writes the f32 logits `[T, vocab]` under
+//! the key `logits` for evaluation scripts.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use bitnet_import::load_hf_model;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use clap::{Parser, ValueEnum};
+use safetensors::{Dtype, tensor::TensorView};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Backend {
+    Flex,
+    Ndarray,
+}
+
+/// Logits of a token sequence (one forward pass, batch 1).
+#[derive(Debug, Parser)]
+struct Args {
+    /// HF model directory (config.json + model.safetensors).
+    #[arg(short, long)]
+    model: PathBuf,
+    /// Comma-separated token ids, e.g. 1,2,3.
+    #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+    tokens: Vec<i64>,
+    /// Write the logits [T, vocab] (f32) to this safetensors file under the key `logits`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Burn backend.
+    #[arg(long, value_enum, default_value = "flex")]
+    device: Backend,
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    #[allow(deprecated)]
+    let device = match args.device {
+        Backend::Flex => Device::flex(),
+        Backend::Ndarray => Device::ndarray(),
+    };
+    let model = load_hf_model(&args.model, &device)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let len = args.tokens.len();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(args.tokens, [1, len]), &device);
+    let logits = model.forward_full(tokens)?;
+    let vocab = model.config.vocab_size;
+    let values: Vec<f32> = logits
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
+    for (position, row) in values.chunks_exact(vocab).enumerate() {
+        let (best, logit) = row
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
+            );
+        println!("{position}\t{best}\t{logit}");
+    }
+    if let Some(out) = args.out {
+        if out.is_dir() {
+            bail!("--out {} is a directory", out.display());
+        }
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = TensorView::new(Dtype::F32, vec![len, vocab], &bytes)?;
+        safetensors::serialize_to_file([("logits", view)], None, &out)
+            .with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("wrote logits [{len}, {vocab}] to {}", out.display());
+    }
+    Ok(())
+}

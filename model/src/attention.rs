@@ -1,0 +1,79 @@
+//! Grouped-query self-attention with RoPE, an optional sub-norm before `o_proj` and the KV cache.
+
+use burn::module::Module;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, Tensor};
+
+use crate::bitlinear::BitLinear;
+use crate::cache::LayerCache;
+use crate::error::Result;
+use crate::norm::RmsNorm;
+use crate::rope::RotaryEmbedding;
+
+/// Self-attention of one decoder layer.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// Query projection, `hidden -> heads * head_dim`.
+    pub q_proj: BitLinear,
+    /// Key projection, `hidden -> kv_heads * head_dim`.
+    pub k_proj: BitLinear,
+    /// Value projection, `hidden -> kv_heads * head_dim`.
+    pub v_proj: BitLinear,
+    /// Output projection, `heads * head_dim -> hidden`.
+    pub o_proj: BitLinear,
+    /// RMSNorm before `o_proj` (2B4T `attn_sub_norm`, 1bitLLM `inner_attn_ln`).
+    pub sub_norm: Option<RmsNorm>,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads; each serves `heads / kv_heads` query heads.
+    pub kv_heads: usize,
+    /// Width of a head.
+    pub head_dim: usize,
+}
+
+impl Attention {
+    /// Attends `len` new positions starting at `start` to themselves and to everything cached.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, len, hidden]`
+    /// - `cos`, `sin`: `[len, head_dim]`
+    /// - output: `[batch, len, hidden]`
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        (cos, sin): (&Tensor<2>, &Tensor<2>),
+        cache: &mut LayerCache,
+        start: usize,
+    ) -> Result<Tensor<3>> {
+        let [batch, len, _] = x.dims();
+        let (heads, kv_heads, dim) = (self.heads, self.kv_heads, self.head_dim);
+        let split = |y: Tensor<3>, h: usize| y.reshape([batch, len, h, dim]).swap_dims(1, 2);
+        let q = split(self.q_proj.forward(x.clone())?, heads);
+        let k = split(self.k_proj.forward(x.clone())?, kv_heads);
+        let v = split(self.v_proj.forward(x)?, kv_heads);
+        let q = RotaryEmbedding::apply(q, cos, sin);
+        let k = RotaryEmbedding::apply(k, cos, sin);
+        let (k, v) = cache.append(k, v, start);
+        let total = start + len;
+
+        // Query heads sharing a key/value head are stacked along the position axis, so one
+        // batched matmul serves the whole group without copying keys and values per head.
+        let group = heads / kv_heads;
+        let q = q.reshape([batch, kv_heads, group * len, dim]);
+        let scores = q.matmul(k.swap_dims(2, 3)) * (dim as f64).powf(-0.5);
+        let future = Tensor::<2, Bool>::tril_mask([len, total], start as i64, &scores.device())
+            .repeat_dim(0, group)
+            .unsqueeze::<4>();
+        let probs = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3);
+        let out = probs
+            .matmul(v)
+            .reshape([batch, heads, len, dim])
+            .swap_dims(1, 2)
+            .reshape([batch, len, heads * dim]);
+        let out = match &self.sub_norm {
+            Some(norm) => norm.forward(out),
+            None => out,
+        };
+        self.o_proj.forward(out)
+    }
+}

@@ -1,0 +1,45 @@
+//! The gated feed-forward block.
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use burn::tensor::activation::{relu, silu};
+
+use crate::bitlinear::BitLinear;
+use crate::config::FfnActivation;
+use crate::error::Result;
+use crate::norm::RmsNorm;
+
+/// `down(sub_norm(act(gate(x)) * up(x)))`.
+#[derive(Module, Debug)]
+pub struct FeedForward {
+    /// Gate projection, `hidden -> intermediate`.
+    pub gate_proj: BitLinear,
+    /// Up projection, `hidden -> intermediate`.
+    pub up_proj: BitLinear,
+    /// Down projection, `intermediate -> hidden`.
+    pub down_proj: BitLinear,
+    /// RMSNorm before `down_proj` (2B4T `ffn_sub_norm`, 1bitLLM `ffn_layernorm`).
+    pub sub_norm: Option<RmsNorm>,
+    /// Activation of the gate.
+    #[module(skip)]
+    pub activation: FfnActivation,
+}
+
+impl FeedForward {
+    /// # Shapes
+    /// - `x`: `[batch, len, hidden]`
+    /// - output: `[batch, len, hidden]`
+    pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>> {
+        let gate = self.gate_proj.forward(x.clone())?;
+        let gate = match self.activation {
+            FfnActivation::Silu => silu(gate),
+            FfnActivation::Relu2 => relu(gate).square(),
+        };
+        let h = gate * self.up_proj.forward(x)?;
+        let h = match &self.sub_norm {
+            Some(norm) => norm.forward(h),
+            None => h,
+        };
+        self.down_proj.forward(h)
+    }
+}

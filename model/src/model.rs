@@ -1,0 +1,239 @@
+//! The decoder and the causal language model on top of it.
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::tensor::{Device, Int, Tensor};
+
+use crate::attention::Attention;
+use crate::bitlinear::BitLinearConfig;
+use crate::cache::{KvCache, LayerCache};
+use crate::config::BitNetConfig;
+use crate::error::{ModelError, Result};
+use crate::feed_forward::FeedForward;
+use crate::norm::{RmsNorm, RmsNormConfig};
+use crate::rope::RotaryEmbedding;
+
+/// One pre-norm decoder block: `h = x + attn(norm(x))`, `out = h + ffn(norm(h))`.
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Self-attention.
+    pub self_attn: Attention,
+    /// Norm before the feed-forward block.
+    pub post_attention_layernorm: RmsNorm,
+    /// Feed-forward block.
+    pub mlp: FeedForward,
+}
+
+impl DecoderLayer {
+    /// # Shapes
+    /// - `x`: `[batch, len, hidden]`
+    /// - output: `[batch, len, hidden]`
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: (&Tensor<2>, &Tensor<2>),
+        cache: &mut LayerCache,
+        start: usize,
+    ) -> Result<Tensor<3>> {
+        let attn =
+            self.self_attn
+                .forward(self.input_layernorm.forward(x.clone()), rope, cache, start)?;
+        let h = x + attn;
+        let ffn = self
+            .mlp
+            .forward(self.post_attention_layernorm.forward(h.clone()))?;
+        Ok(h + ffn)
+    }
+}
+
+/// A BitNet causal language model: embedding, decoder layers, final norm and a float LM head.
+#[derive(Module, Debug)]
+pub struct BitNetModel {
+    /// Token embedding, `[vocab, hidden]`.
+    pub embed_tokens: Embedding,
+    /// Decoder layers.
+    pub layers: Vec<DecoderLayer>,
+    /// Final norm.
+    pub norm: RmsNorm,
+    /// Separate LM head (Burn layout `[hidden, vocab]`); `None` when tied to the embedding.
+    pub lm_head: Option<Linear>,
+    /// RoPE frequencies.
+    #[module(skip)]
+    pub rope: RotaryEmbedding,
+    /// The configuration the model was built from.
+    #[module(skip)]
+    pub config: BitNetConfig,
+}
+
+impl BitNetConfig {
+    /// A randomly initialized model (ternary projections from uniform latent weights).
+    pub fn init(&self, device: &Device) -> Result<BitNetModel> {
+        self.validate()?;
+        let (hidden, head_dim) = (self.hidden_size, self.head_dim());
+        let linear = |d_input, d_output| {
+            BitLinearConfig::new(d_input, d_output, self.linear.clone()).init(device)
+        };
+        let norm = |width| {
+            RmsNormConfig::new(width)
+                .with_epsilon(self.rms_norm_eps)
+                .init(device)
+        };
+        let sub_norm = |width| self.sub_norms.then(|| norm(width));
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| {
+                Ok(DecoderLayer {
+                    input_layernorm: norm(hidden),
+                    self_attn: Attention {
+                        q_proj: linear(hidden, self.num_attention_heads * head_dim)?,
+                        k_proj: linear(hidden, self.num_key_value_heads * head_dim)?,
+                        v_proj: linear(hidden, self.num_key_value_heads * head_dim)?,
+                        o_proj: linear(self.num_attention_heads * head_dim, hidden)?,
+                        sub_norm: sub_norm(self.num_attention_heads * head_dim),
+                        heads: self.num_attention_heads,
+                        kv_heads: self.num_key_value_heads,
+                        head_dim,
+                    },
+                    post_attention_layernorm: norm(hidden),
+                    mlp: FeedForward {
+                        gate_proj: linear(hidden, self.intermediate_size)?,
+                        up_proj: linear(hidden, self.intermediate_size)?,
+                        down_proj: linear(self.intermediate_size, hidden)?,
+                        sub_norm: sub_norm(self.intermediate_size),
+                        activation: self.activation,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(BitNetModel {
+            embed_tokens: EmbeddingConfig::new(self.vocab_size, hidden).init(device),
+            layers,
+            norm: norm(hidden),
+            lm_head: (!self.tie_word_embeddings).then(|| {
+                LinearConfig::new(hidden, self.vocab_size)
+                    .with_bias(false)
+                    .init(device)
+            }),
+            rope: RotaryEmbedding::new(self),
+            config: self.clone(),
+        })
+    }
+}
+
+/// Per-layer residual streams of one forward pass, for comparing against a reference.
+#[derive(Debug, Clone)]
+pub struct HiddenStates {
+    /// Embedding output, `[batch, len, hidden]`.
+    pub embed: Tensor<3>,
+    /// Residual stream after each decoder layer.
+    pub layers: Vec<Tensor<3>>,
+    /// Output of the final norm.
+    pub final_norm: Tensor<3>,
+}
+
+impl BitNetModel {
+    /// An empty KV cache for `batch` sequences of up to `context` positions.
+    pub fn new_cache(&self, batch: usize, context: usize) -> KvCache {
+        let device = self.embed_tokens.weight.val().device();
+        KvCache::new(
+            self.layers.len(),
+            batch,
+            self.config.num_key_value_heads,
+            self.config.head_dim(),
+            context,
+            &device,
+        )
+    }
+
+    /// Logits of every new position, attending to everything already in `cache`.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch, len]`
+    /// - output: `[batch, len, vocab]`
+    pub fn forward(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Result<Tensor<3>> {
+        let (logits, _) = self.run(tokens, cache, false)?;
+        Ok(logits)
+    }
+
+    /// [`BitNetModel::forward`] that also returns every layer's residual stream.
+    pub fn forward_with_hidden(
+        &self,
+        tokens: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Result<(Tensor<3>, HiddenStates)> {
+        let (logits, hidden) = self.run(tokens, cache, true)?;
+        Ok((logits, hidden.expect("hidden states were requested")))
+    }
+
+    /// Logits of a whole sequence from an empty context (no cache kept).
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch, len]`
+    /// - output: `[batch, len, vocab]`
+    pub fn forward_full(&self, tokens: Tensor<2, Int>) -> Result<Tensor<3>> {
+        let [batch, len] = tokens.dims();
+        self.forward(tokens, &mut self.new_cache(batch, len))
+    }
+
+    fn run(
+        &self,
+        tokens: Tensor<2, Int>,
+        cache: &mut KvCache,
+        keep_hidden: bool,
+    ) -> Result<(Tensor<3>, Option<HiddenStates>)> {
+        let [_, len] = tokens.dims();
+        self.check_tokens(&tokens)?;
+        cache.check_room(len)?;
+        let start = cache.len();
+        let device = tokens.device();
+        let (cos, sin) = self.rope.cos_sin(start, len, &device);
+
+        let mut x = self.embed_tokens.forward(tokens);
+        let embed = keep_hidden.then(|| x.clone());
+        let mut layer_states = Vec::new();
+        for (index, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x, (&cos, &sin), cache.layer_mut(index), start)?;
+            if keep_hidden {
+                layer_states.push(x.clone());
+            }
+        }
+        cache.advance(len);
+        let h = self.norm.forward(x);
+        let hidden = embed.map(|embed| HiddenStates {
+            embed,
+            layers: layer_states,
+            final_norm: h.clone(),
+        });
+        Ok((self.lm_head(h), hidden))
+    }
+
+    /// The float LM head (tied to the embedding when there is no separate head).
+    ///
+    /// # Shapes
+    /// - `h`: `[batch, len, hidden]`
+    /// - output: `[batch, len, vocab]`
+    pub fn lm_head(&self, h: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(h),
+            None => h.matmul(self.embed_tokens.weight.val().transpose().unsqueeze()),
+        }
+    }
+
+    fn check_tokens(&self, tokens: &Tensor<2, Int>) -> Result<()> {
+        let vocab = self.config.vocab_size;
+        let data = tokens.clone().into_data();
+        let bad = data
+            .iter::<i64>()
+            .enumerate()
+            .find(|(_, t)| *t < 0 || *t as usize >= vocab);
+        match bad {
+            Some((position, token)) => Err(ModelError::TokenOutOfRange {
+                token,
+                position,
+                vocab,
+            }),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The modules on their own: random models built from a config, KV-cache decoding equal to full
+//! recompute, and `BitLinear::from_linear`.
+
+use bitnet_backend::ScaleConvention;
+use bitnet_model::{BitLinear, BitNetConfig, FfnActivation, Llama3RopeScaling, TernaryLinearSpec};
+use burn::nn::LinearConfig;
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+
+fn devices() -> Vec<Device> {
+    #[allow(deprecated)]
+    let ndarray = Device::ndarray();
+    vec![Device::flex(), ndarray]
+}
+
+fn config(activation: FfnActivation, sub_norms: bool, tied: bool) -> BitNetConfig {
+    BitNetConfig::new(
+        97,
+        48,
+        80,
+        2,
+        6,
+        2,
+        TernaryLinearSpec::new(ScaleConvention::Multiply),
+    )
+    .with_activation(activation)
+    .with_sub_norms(sub_norms)
+    .with_tie_word_embeddings(tied)
+    .with_rope_theta(500000.0)
+    .with_rope_scaling(Some(Llama3RopeScaling::new(8.0, 1.0, 4.0, 64)))
+}
+
+fn values(t: Tensor<3>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec().unwrap()
+}
+
+#[test]
+fn incremental_decoding_equals_full_recompute() {
+    let ids: Vec<i64> = vec![3, 17, 42, 5, 96, 0, 11, 64, 23];
+    for device in devices() {
+        for (activation, sub_norms, tied) in [
+            (FfnActivation::Relu2, true, true),
+            (FfnActivation::Silu, false, false),
+        ] {
+            let model = config(activation, sub_norms, tied).init(&device).unwrap();
+            let all =
+                Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, ids.len()]), &device);
+            let full = values(model.forward_full(all).unwrap());
+            let mut cache = model.new_cache(1, 16);
+            let mut incremental = Vec::new();
+            // A prefill of 4 tokens, then one token at a time.
+            let prefill =
+                Tensor::<2, Int>::from_data(TensorData::new(ids[..4].to_vec(), [1, 4]), &device);
+            incremental.extend(values(model.forward(prefill, &mut cache).unwrap()));
+            for &id in &ids[4..] {
+                let one = Tensor::<2, Int>::from_data(TensorData::new(vec![id], [1, 1]), &device);
+                incremental.extend(values(model.forward(one, &mut cache).unwrap()));
+            }
+            assert_eq!(cache.len(), ids.len());
+            let absmax = full.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (i, (a, b)) in incremental.iter().zip(&full).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-4 * absmax.max(1.0),
+                    "logit {i}: {a} vs {b}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn from_linear_ternarizes_by_absmean() {
+    let device = Device::flex();
+    let linear = LinearConfig::new(130, 7).with_bias(false).init(&device);
+    let bit = BitLinear::from_linear(&linear).unwrap();
+    let w = linear.weight.val(); // [k, n]
+    let s = 1.0 / w.clone().abs().mean().into_scalar::<f32>().max(1e-5);
+    let ternary = (w * s).round().clamp(-1.0, 1.0) / s; // dequantized, [k, n]
+    let x: Tensor<2> = Tensor::random([3, 130], Distribution::Uniform(-2.0, 2.0), &device);
+    // Quantize-dequantize the input per token as the layer does, then a float matmul.
+    let amax = x.clone().abs().max_dim(1).clamp_min(1e-5);
+    let scale = amax.recip() * 127.0;
+    let xq = (x.clone() * scale.clone()).round().clamp(-128.0, 127.0) / scale;
+    let want = xq.matmul(ternary).into_data();
+    let got = bit.forward(x).unwrap().into_data();
+    got.assert_approx_eq::<f32>(&want, burn::tensor::Tolerance::absolute(1e-4));
+
+    let with_bias = LinearConfig::new(4, 4).init(&device);
+    assert!(BitLinear::from_linear(&with_bias).is_err());
+}
+
+#[test]
+fn invalid_configs_are_errors() {
+    let device = Device::flex();
+    let mut bad = config(FfnActivation::Silu, false, false);
+    bad.num_key_value_heads = 4;
+    assert!(
+        bad.init(&device)
+            .unwrap_err()
+            .to_string()
+            .contains("num_key_value_heads")
+    );
+    let mut bad = config(FfnActivation::Silu, false, false);
+    bad.hidden_size = 0;
+    assert!(bad.init(&device).is_err());
+}
