@@ -2,61 +2,20 @@
 
 #[path = "../../backend/tests/common/mod.rs"]
 mod common;
+mod support;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use bitnet_import::{ImportError, load_hf_model};
 use bitnet_model::ModelError;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use common::golden_dir;
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::Dtype;
+use support::{copy, edit_config, read_tensors, write_tensors};
 
 /// The 2B4T golden model (packed weights, tied head), or `None` when the golden folder is absent.
 fn source() -> Option<PathBuf> {
     Some(golden_dir()?.join("models/bitnet2b4t_pub"))
-}
-
-/// A writable copy of the model directory.
-fn copy(src: &Path) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
-    dir
-}
-
-type Tensors = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
-
-fn read_tensors(dir: &Path) -> Tensors {
-    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(name, t)| (name, (t.dtype(), t.shape().to_vec(), t.data().to_vec())))
-        .collect()
-}
-
-fn write_tensors(dir: &Path, tensors: &Tensors) {
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(name, (dtype, shape, data))| {
-            (
-                name.clone(),
-                TensorView::new(*dtype, shape.clone(), data).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
-}
-
-fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let path = dir.join("config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    edit(&mut config);
-    std::fs::write(path, serde_json::to_vec(&config).unwrap()).unwrap();
 }
 
 fn load_err(dir: &Path) -> ImportError {
