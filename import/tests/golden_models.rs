@@ -345,6 +345,7 @@ fn rope_frequencies_equal_the_checkpoint_buffer() {
         let ckpt = Golden::open(case.model_dir.join("model.safetensors"));
         let want = ckpt.f32("model.layers.0.self_attn.rotary_emb.inv_freq");
         let got = model.rope.inv_freq();
+        assert_eq!(got.len(), want.len(), "{}: inv_freq length", case.name);
         for (g, w) in got.iter().zip(&want) {
             assert!(
                 (g - w).abs() <= f32::EPSILON * w.abs(),

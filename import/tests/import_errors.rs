@@ -18,6 +18,15 @@ fn source() -> Option<PathBuf> {
     Some(golden_dir()?.join("models/bitnet2b4t_pub"))
 }
 
+/// Loads a copy of `src` whose tensors `edit` changed, expecting failure.
+fn load_edited_tensors(src: &Path, edit: impl FnOnce(&mut support::Tensors)) -> ImportError {
+    let dir = copy(src);
+    let mut tensors = read_tensors(dir.path());
+    edit(&mut tensors);
+    write_tensors(dir.path(), &tensors);
+    load_err(dir.path())
+}
+
 fn load_err(dir: &Path) -> ImportError {
     match load_hf_model(dir, &Device::flex()) {
         Ok(_) => panic!("loading {} should fail", dir.display()),
@@ -54,25 +63,21 @@ fn missing_directory_config_and_weights_are_named() {
 #[test]
 fn missing_and_extra_tensors_are_named() {
     let Some(src) = source() else { return };
-    let dir = copy(&src);
-    let mut tensors = read_tensors(dir.path());
-    tensors.remove("model.layers.1.mlp.up_proj.weight_scale");
-    write_tensors(dir.path(), &tensors);
-    let err = load_err(dir.path());
+    let err = load_edited_tensors(&src, |tensors| {
+        tensors.remove("model.layers.1.mlp.up_proj.weight_scale");
+    });
     assert!(
         err.to_string()
             .contains("model.layers.1.mlp.up_proj.weight_scale"),
         "{err}"
     );
 
-    let dir = copy(&src);
-    let mut tensors = read_tensors(dir.path());
-    tensors.insert(
-        "model.stray.weight".into(),
-        (Dtype::F32, vec![1], vec![0; 4]),
-    );
-    write_tensors(dir.path(), &tensors);
-    let err = load_err(dir.path());
+    let err = load_edited_tensors(&src, |tensors| {
+        tensors.insert(
+            "model.stray.weight".into(),
+            (Dtype::F32, vec![1], vec![0; 4]),
+        );
+    });
     assert!(
         matches!(&err, ImportError::ExtraTensors(names) if names == &["model.stray.weight"]),
         "{err}"
@@ -82,24 +87,20 @@ fn missing_and_extra_tensors_are_named() {
 #[test]
 fn wrong_shape_and_dtype_are_named() {
     let Some(src) = source() else { return };
-    let dir = copy(&src);
-    let mut tensors = read_tensors(dir.path());
-    let norm = tensors.get_mut("model.norm.weight").unwrap();
-    norm.1 = vec![32];
-    norm.2.truncate(64);
-    write_tensors(dir.path(), &tensors);
-    let err = load_err(dir.path());
+    let err = load_edited_tensors(&src, |tensors| {
+        let norm = tensors.get_mut("model.norm.weight").unwrap();
+        norm.1 = vec![32];
+        norm.2.truncate(64);
+    });
     assert!(
         matches!(&err, ImportError::Shape { name, .. } if name == "model.norm.weight"),
         "{err}"
     );
 
-    let dir = copy(&src);
-    let mut tensors = read_tensors(dir.path());
-    let norm = tensors.get_mut("model.norm.weight").unwrap();
-    norm.0 = Dtype::I16;
-    write_tensors(dir.path(), &tensors);
-    let err = load_err(dir.path());
+    let err = load_edited_tensors(&src, |tensors| {
+        let norm = tensors.get_mut("model.norm.weight").unwrap();
+        norm.0 = Dtype::I16;
+    });
     assert!(
         matches!(&err, ImportError::Dtype { name, .. } if name == "model.norm.weight"),
         "{err}"
@@ -136,14 +137,12 @@ fn truncated_and_corrupt_safetensors_are_rejected() {
 #[test]
 fn invalid_packed_codes_are_rejected() {
     let Some(src) = source() else { return };
-    let dir = copy(&src);
-    let mut tensors = read_tensors(dir.path());
-    tensors
-        .get_mut("model.layers.0.self_attn.q_proj.weight")
-        .unwrap()
-        .2[0] = 0xff;
-    write_tensors(dir.path(), &tensors);
-    let err = load_err(dir.path());
+    let err = load_edited_tensors(&src, |tensors| {
+        tensors
+            .get_mut("model.layers.0.self_attn.q_proj.weight")
+            .unwrap()
+            .2[0] = 0xff;
+    });
     assert!(
         matches!(&err, ImportError::Ternary { name, .. } if name.contains("q_proj")),
         "{err}"
