@@ -30,6 +30,9 @@ pub enum ImportError {
     /// A safetensors file is truncated or corrupt.
     #[error("corrupt safetensors file {path}: {message}")]
     Safetensors { path: PathBuf, message: String },
+    /// A GGUF file that is truncated, corrupt or holds something we cannot use.
+    #[error("invalid GGUF file {path}: {message}")]
+    Gguf { path: PathBuf, message: String },
     /// A tensor the model needs is not in the checkpoint.
     #[error("missing tensor {0:?}")]
     MissingTensor(String),

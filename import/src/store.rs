@@ -44,6 +44,14 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ImportError + '_ {
     }
 }
 
+/// Maps `path` read-only.
+pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(io_error(path))?;
+    // SAFETY: the map is read-only and lives as long as its owner; a file truncated by another
+    // process while mapped is outside what any mmap-based loader can guard.
+    unsafe { Mmap::map(&file) }.map_err(io_error(path))
+}
+
 impl TensorStore {
     /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
     pub fn open_dir(dir: &Path) -> Result<Self> {
@@ -96,10 +104,7 @@ impl TensorStore {
                     path: path.clone(),
                 });
             }
-            let file = File::open(path).map_err(io_error(path))?;
-            // SAFETY: the map is read-only and lives as long as the store; a file truncated by
-            // another process while mapped is outside what any mmap-based loader can guard.
-            let map = unsafe { Mmap::map(&file) }.map_err(io_error(path))?;
+            let map = map_file(path)?;
             let (header, metadata) =
                 SafeTensors::read_metadata(&map).map_err(|e| ImportError::Safetensors {
                     path: path.clone(),

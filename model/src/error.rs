@@ -19,6 +19,9 @@ pub enum ModelError {
         position: usize,
         vocab: usize,
     },
+    /// A forward pass was asked for zero tokens.
+    #[error("no tokens to process")]
+    EmptyInput,
     /// The tokens do not fit in what is left of the context.
     #[error(
         "context overflow: {cached} cached + {new} new tokens exceed the context size of {context}"
@@ -28,6 +31,15 @@ pub enum ModelError {
         new: usize,
         context: usize,
     },
+    /// A vocabulary or tokenizer file that cannot be used, or text it cannot encode.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A chat template that does not parse or render.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// A sampling parameter outside its range.
+    #[error("invalid sampling parameter: {0}")]
+    Sampling(String),
     /// A layer was given a float layer it cannot turn into a ternary one.
     #[error("unsupported conversion: {0}")]
     Unsupported(String),

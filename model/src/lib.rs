@@ -2,7 +2,9 @@
 //!
 //! BitNet model families as Burn modules on top of `bitnet-backend`'s ternary linear layer:
 //! [`BitLinear`], grouped-query [`Attention`] with RoPE, the gated [`FeedForward`] block (SiLU or
-//! ReLU²), optional sub-norms, a preallocated [`KvCache`] and the causal LM [`BitNetModel`].
+//! ReLU²), optional sub-norms, a preallocated [`KvCache`] and the causal LM [`BitNetModel`];
+//! and what generation needs around it: [`Tokenizer`], [`ChatTemplate`], [`Sampler`] and the
+//! cache-keeping [`Session`].
 //!
 //! One [`BitNetConfig`] covers BitNet b1.58 2B4T, Llama3-8B-1.58 / Falcon3-1.58 (with and
 //! without per-projection RMSNorm), 1bitLLM's bitnet_b1_58 and Falcon-E; `bitnet-import` maps
@@ -11,19 +13,29 @@
 pub mod attention;
 pub mod bitlinear;
 pub mod cache;
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod feed_forward;
+pub mod generate;
 pub mod model;
 pub mod norm;
 pub mod rope;
+pub mod sampling;
+pub mod tokenizer;
 
 pub use attention::Attention;
 pub use bitlinear::{BitLinear, BitLinearConfig};
 pub use cache::{KvCache, LayerCache};
+pub use chat::{ChatMessage, ChatTemplate, Conversation, TurnText};
 pub use config::{BitNetConfig, FfnActivation, Llama3RopeScaling, TernaryLinearSpec};
 pub use error::{ModelError, Result};
 pub use feed_forward::FeedForward;
+pub use generate::{GenerateOptions, Generation, GenerationStats, Session, StopReason};
 pub use model::{BitNetModel, DecoderLayer, HiddenStates};
 pub use norm::{RmsNorm, RmsNormConfig};
 pub use rope::RotaryEmbedding;
+pub use sampling::{Sampler, SamplerConfig};
+pub use tokenizer::{
+    PreTokenizer, SpecialTokens, TextStream, TokenType, Tokenizer, TokenizerVocab, VocabModel,
+};

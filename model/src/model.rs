@@ -152,8 +152,21 @@ impl BitNetModel {
     /// - `tokens`: `[batch, len]`
     /// - output: `[batch, len, vocab]`
     pub fn forward(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Result<Tensor<3>> {
-        let (logits, _) = self.run(tokens, cache, false)?;
-        Ok(logits)
+        let (h, _) = self.run(tokens, cache, false)?;
+        Ok(self.lm_head(h))
+    }
+
+    /// Logits of the last new position only: what generation needs, without running the LM
+    /// head over the whole prompt.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch, len]`
+    /// - output: `[batch, vocab]`
+    pub fn forward_last(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Result<Tensor<2>> {
+        let (h, _) = self.run(tokens, cache, false)?;
+        let [batch, len, hidden] = h.dims();
+        let last = h.slice([0..batch, len - 1..len, 0..hidden]);
+        Ok(self.lm_head(last).squeeze_dim(1))
     }
 
     /// [`BitNetModel::forward`] that also returns every layer's residual stream.
@@ -162,8 +175,11 @@ impl BitNetModel {
         tokens: Tensor<2, Int>,
         cache: &mut KvCache,
     ) -> Result<(Tensor<3>, HiddenStates)> {
-        let (logits, hidden) = self.run(tokens, cache, true)?;
-        Ok((logits, hidden.expect("hidden states were requested")))
+        let (h, hidden) = self.run(tokens, cache, true)?;
+        Ok((
+            self.lm_head(h),
+            hidden.expect("hidden states were requested"),
+        ))
     }
 
     /// Logits of a whole sequence from an empty context (no cache kept).
@@ -183,6 +199,9 @@ impl BitNetModel {
         keep_hidden: bool,
     ) -> Result<(Tensor<3>, Option<HiddenStates>)> {
         let [_, len] = tokens.dims();
+        if len == 0 {
+            return Err(ModelError::EmptyInput);
+        }
         self.check_tokens(&tokens)?;
         cache.check_room(len)?;
         let start = cache.len();
@@ -205,7 +224,7 @@ impl BitNetModel {
             layers: layer_states,
             final_norm: h.clone(),
         });
-        Ok((self.lm_head(h), hidden))
+        Ok((h, hidden))
     }
 
     /// The float LM head (tied to the embedding when there is no separate head).
