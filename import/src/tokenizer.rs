@@ -83,8 +83,9 @@ fn hf_tokenizer(file: &Path, dir: &Path) -> Result<Tokenizer> {
     let tokenizer_config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
     let generation = read_json(&dir.join("generation_config.json"))?.unwrap_or_default();
     let config = read_json(&dir.join("config.json"))?.unwrap_or_default();
-    let probe = Tokenizer::from_json_file(file, SpecialTokens::default())?;
-    let by_text = |key: &str| token_text(tokenizer_config.get(key)).and_then(|t| probe.token_id(t));
+    let tokenizer = Tokenizer::from_json_file(file, SpecialTokens::default())?;
+    let by_text =
+        |key: &str| token_text(tokenizer_config.get(key)).and_then(|t| tokenizer.token_id(t));
 
     let bos = [&generation, &config]
         .iter()
@@ -101,7 +102,7 @@ fn hf_tokenizer(file: &Path, dir: &Path) -> Result<Tokenizer> {
         .unwrap_or(bos.is_some());
     let special = SpecialTokens { bos, eos, add_bos };
     let template = chat_template(&tokenizer_config, dir)?;
-    Ok(Tokenizer::from_json_file(file, special)?.with_chat_template(template))
+    Ok(tokenizer.with_special(special).with_chat_template(template))
 }
 
 /// `chat_template` from `tokenizer_config.json` (a string, or named templates of which the

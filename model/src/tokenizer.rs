@@ -211,19 +211,26 @@ impl Tokenizer {
         Ok(Self::with_end_of_turn(inner, special))
     }
 
-    fn with_end_of_turn(inner: tokenizers::Tokenizer, mut special: SpecialTokens) -> Self {
+    fn with_end_of_turn(inner: tokenizers::Tokenizer, special: SpecialTokens) -> Self {
+        Self {
+            inner,
+            special: SpecialTokens::default(),
+            chat_template: None,
+        }
+        .with_special(special)
+    }
+
+    /// Replaces BOS/EOS (end-of-turn tokens of the vocabulary are always added to EOS).
+    pub fn with_special(mut self, mut special: SpecialTokens) -> Self {
         for text in END_OF_TURN_TOKENS {
-            if let Some(id) = inner.token_to_id(text)
+            if let Some(id) = self.inner.token_to_id(text)
                 && !special.eos.contains(&id)
             {
                 special.eos.push(id);
             }
         }
-        Self {
-            inner,
-            special,
-            chat_template: None,
-        }
+        self.special = special;
+        self
     }
 
     /// Attaches the chat template the model's files carry.
