@@ -1,29 +1,11 @@
 //! The `logits` example end to end: argmax lines, the safetensors output, and clear failures.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
 
-fn golden_model() -> Option<PathBuf> {
-    let dir = std::env::var_os("BITNET_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden"))
-        .join("models/bitnet2b4t_pub");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: golden model not found at {}", dir.display());
-        None
-    }
-}
+use support::{golden_model, run_example};
 
-/// `cargo test` builds the examples beside the test binaries: `target/<profile>/examples`.
 fn logits(args: &[&str]) -> std::process::Output {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    Command::new(profile_dir.join("examples").join("logits"))
-        .args(args)
-        .output()
-        .expect("running cargo")
+    run_example("logits", args, "")
 }
 
 #[test]

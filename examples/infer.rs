@@ -1,0 +1,245 @@
+//! Text generation, with the flags of llama.cpp's llama-cli and bitnet.cpp's run_inference.py.
+//!
+//! ```text
+//! cargo run --release --example infer -- -m DIR -p "Once upon a time" -n 64
+//! cargo run --release --example infer -- -m DIR -p "You are helpful." -cnv
+//! ```
+//! Text streams to stdout; logs and the statistics line go to stderr.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use bitnet_import::{Family, load_hf_model, load_tokenizer, read_config};
+use bitnet_model::{
+    ChatTemplate, Conversation, GenerateOptions, Sampler, SamplerConfig, Session, Tokenizer,
+    TurnText,
+};
+use burn::tensor::Device;
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Backend {
+    Flex,
+    Ndarray,
+}
+
+/// Generate text with a ternary model.
+#[derive(Debug, Parser)]
+struct Args {
+    /// HF model directory (config.json + model.safetensors + tokenizer.json).
+    #[arg(short, long)]
+    model: Option<PathBuf>,
+    /// Tokenizer to use instead of the model's: a directory, tokenizer.json or GGUF file.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// The prompt (in conversation mode: the system prompt).
+    #[arg(short, long, default_value = "")]
+    prompt: String,
+    /// Maximum number of new tokens (per turn in conversation mode).
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+    n_predict: usize,
+    /// Threads for the kernels and float parts (default: all cores).
+    #[arg(short, long)]
+    threads: Option<usize>,
+    /// Context size in tokens.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 2048)]
+    ctx_size: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.8, allow_hyphen_values = true)]
+    temp: f32,
+    /// Top-k (0 = off).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Top-p (1 = off).
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Min-p (0 = off).
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Repetition penalty (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Random seed (default: random, printed to stderr).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop when the text contains this (repeatable).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Interactive chat: -p becomes the system prompt.
+    #[arg(long = "conversation", visible_alias = "cnv", short_alias = 'C')]
+    conversation: bool,
+    /// Chat template: `bitnet`, `llama3` or a Jinja file (default: the model's own).
+    #[arg(long)]
+    chat_template: Option<String>,
+    /// Burn backend.
+    #[arg(long, value_enum, default_value = "flex")]
+    device: Backend,
+}
+
+fn main() {
+    // llama-cli spells conversation mode `-cnv`; clap takes single-dash long flags only as
+    // short clusters, so the spelling is rewritten before parsing.
+    let argv = std::env::args().map(|a| {
+        if a == "-cnv" {
+            "--conversation".into()
+        } else {
+            a
+        }
+    });
+    if let Err(e) = run(Args::parse_from(argv)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let Some(model_dir) = args.model.clone() else {
+        bail!(
+            "no model given: pass -m DIR (an HF model directory). The bundled demo model that \
+             infer runs without -m is not shipped yet"
+        );
+    };
+    if let Some(threads) = args.threads {
+        if threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("setting up the thread pool")?;
+    }
+    if args.ctx_size == 0 {
+        bail!("--ctx-size must be at least 1");
+    }
+    #[allow(deprecated)]
+    let device = match args.device {
+        Backend::Flex => Device::flex(),
+        Backend::Ndarray => Device::ndarray(),
+    };
+    let (_, family) = read_config(&model_dir)?;
+    let model = load_hf_model(&model_dir, &device)
+        .with_context(|| format!("loading {}", model_dir.display()))?;
+    let tokenizer = load_tokenizer(args.tokenizer.as_ref().unwrap_or(&model_dir))?;
+    let seed = args.seed.unwrap_or_else(rand_seed);
+    let mut sampler = Sampler::new(SamplerConfig {
+        temperature: args.temp,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+        seed,
+        ..SamplerConfig::default()
+    })?;
+    eprintln!("seed: {seed}");
+    let options = GenerateOptions {
+        max_new_tokens: args.n_predict,
+        stop_strings: args.stop.clone(),
+    };
+    let mut session = Session::new(&model, args.ctx_size);
+    if args.conversation {
+        let template = chat_template(&args, family, &tokenizer)?;
+        let system = (!args.prompt.is_empty()).then(|| args.prompt.clone());
+        return chat(
+            Conversation::new(template, system),
+            &mut session,
+            &tokenizer,
+            &mut sampler,
+            &options,
+        );
+    }
+    let prompt = tokenizer.encode(&args.prompt, true)?;
+    if prompt.is_empty() {
+        bail!("the prompt is empty and the tokenizer adds no BOS: pass -p TEXT");
+    }
+    if prompt.len() >= args.ctx_size {
+        bail!(
+            "the prompt is {} tokens but the context holds {}: raise -c/--ctx-size or shorten -p",
+            prompt.len(),
+            args.ctx_size
+        );
+    }
+    print!("{}", args.prompt);
+    let out = session.generate(&prompt, &tokenizer, &mut sampler, &options, print_flush)?;
+    println!();
+    eprintln!("stop: {:?} | {}", out.stop, out.stats);
+    Ok(())
+}
+
+fn print_flush(text: &str) {
+    print!("{text}");
+    let _ = std::io::stdout().flush();
+}
+
+fn rand_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The `--chat-template` choice, else the model's own, else bitnet.cpp's for 2B4T and Llama 3's
+/// for a vocabulary with Llama 3 headers.
+fn chat_template(args: &Args, family: Family, tokenizer: &Tokenizer) -> Result<ChatTemplate> {
+    let source = match &args.chat_template {
+        Some(name) => match ChatTemplate::builtin(name) {
+            Some(source) => source.to_string(),
+            None => std::fs::read_to_string(name).with_context(|| {
+                format!("--chat-template {name}: not `bitnet`, `llama3` or a readable file")
+            })?,
+        },
+        // bitnet.cpp formats 2B4T chats with its built-in template, not the one in the files.
+        None if family == Family::BitNet2b4t => bitnet_model::chat::BITNET_TEMPLATE.to_string(),
+        None => match tokenizer.chat_template() {
+            Some(own) => own.to_string(),
+            None if tokenizer.token_id("<|start_header_id|>").is_some() => {
+                bitnet_model::chat::LLAMA3_TEMPLATE.to_string()
+            }
+            None => bitnet_model::chat::BITNET_TEMPLATE.to_string(),
+        },
+    };
+    let text = |id: Option<u32>| {
+        id.and_then(|id| tokenizer.token_text(id))
+            .unwrap_or_default()
+    };
+    let special = tokenizer.special();
+    Ok(ChatTemplate::new(
+        source,
+        text(special.bos),
+        text(special.eos.first().copied()),
+    )?)
+}
+
+fn chat(
+    mut conversation: Conversation,
+    session: &mut Session,
+    tokenizer: &Tokenizer,
+    sampler: &mut Sampler,
+    options: &GenerateOptions,
+) -> Result<()> {
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("\n> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        if line.is_empty() {
+            continue;
+        }
+        let text = match conversation.user(line)? {
+            TurnText::Continue(text) => text,
+            TurnText::Restart(text) => {
+                session.reset();
+                text
+            }
+        };
+        let bos = conversation.template().bos_token();
+        let add_bos = session.tokens().is_empty() && (bos.is_empty() || !text.starts_with(bos));
+        let prompt = tokenizer.encode(&text, add_bos)?;
+        let out = session.generate(&prompt, tokenizer, sampler, options, print_flush)?;
+        println!();
+        eprintln!("[{}]", out.stats);
+        conversation.assistant(out.text)?;
+    }
+}

@@ -1,0 +1,130 @@
+//! The `infer` example end to end: generation, conversation mode and one-line failures.
+
+mod support;
+
+use support::{golden_model, run_example};
+
+/// The golden model has no tokenizer of its own; bitnet.cpp's GGUF of it carries one of the
+/// right size.
+fn tokenizer() -> Option<String> {
+    let model = golden_model()?;
+    let gguf = model.join("../../../parity/bitnet2b4t_pub/bitnet2b4t_pub.i2_s.gguf");
+    gguf.is_file().then(|| gguf.to_str().unwrap().to_string())
+}
+
+fn infer(args: &[&str], stdin: &str) -> (bool, String, String) {
+    let out = run_example("infer", args, stdin);
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (out.status.success(), text(out.stdout), text(out.stderr))
+}
+
+#[test]
+fn greedy_generation_is_deterministic_and_reports_statistics() {
+    let (Some(model), Some(tok)) = (golden_model(), tokenizer()) else {
+        return;
+    };
+    let args = [
+        "-m",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        &tok,
+        "-p",
+        "hello",
+        "-n",
+        "12",
+        "--temp",
+        "0",
+    ];
+    let (ok, first, log) = infer(&args, "");
+    assert!(ok, "{log}");
+    assert!(first.starts_with("hello"), "{first}");
+    assert!(log.contains("generated:") && log.contains("tok/s"), "{log}");
+    let (_, second, _) = infer(&args, "");
+    assert_eq!(first, second);
+    // The same seed samples the same text.
+    let seeded = [
+        "-m",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        &tok,
+        "-p",
+        "hello",
+        "-n",
+        "12",
+        "--seed",
+        "5",
+    ];
+    assert_eq!(infer(&seeded, "").1, infer(&seeded, "").1);
+}
+
+#[test]
+fn conversation_mode_answers_each_turn() {
+    let (Some(model), Some(tok)) = (golden_model(), tokenizer()) else {
+        return;
+    };
+    let args = [
+        "-m",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        &tok,
+        "-cnv",
+        "-p",
+        "Be brief.",
+        "-n",
+        "4",
+        "--temp",
+        "0",
+    ];
+    let (ok, _, log) = infer(&args, "hi\nhow are you\n");
+    assert!(ok, "{log}");
+    assert_eq!(log.matches("generated:").count(), 2, "{log}");
+}
+
+#[test]
+fn bad_inputs_exit_non_zero_with_one_line() {
+    let (ok, _, log) = infer(&[], "");
+    assert!(!ok && log.contains("no model given"), "{log}");
+    let (ok, _, log) = infer(&["-m", "/nonexistent/model"], "");
+    assert!(!ok && log.contains("/nonexistent/model"), "{log}");
+    let (ok, _, log) = infer(&["--top-k", "many"], "");
+    assert!(!ok && log.contains("--top-k"), "{log}");
+    let (Some(model), Some(tok)) = (golden_model(), tokenizer()) else {
+        return;
+    };
+    let model = model.to_str().unwrap();
+    let (ok, out, log) = infer(
+        &[
+            "-m",
+            model,
+            "--tokenizer",
+            &tok,
+            "-p",
+            "hello world hello world",
+            "-c",
+            "4",
+        ],
+        "",
+    );
+    assert!(!ok && log.contains("context holds 4"), "{log}");
+    assert!(out.is_empty(), "nothing is printed before the error: {out}");
+    let (ok, _, log) = infer(
+        &["-m", model, "--tokenizer", &tok, "-p", "x", "--temp", "-1"],
+        "",
+    );
+    assert!(!ok && log.contains("temperature"), "{log}");
+    let (ok, _, log) = infer(&["-m", model, "-p", "x"], "");
+    assert!(!ok && log.contains("tokenizer.json"), "{log}");
+    let (ok, _, log) = infer(
+        &[
+            "-m",
+            model,
+            "--tokenizer",
+            &tok,
+            "-cnv",
+            "--chat-template",
+            "/no/such.jinja",
+        ],
+        "",
+    );
+    assert!(!ok && log.contains("--chat-template"), "{log}");
+}

@@ -1,0 +1,40 @@
+//! Shared support of the example tests: the golden model and running a built example.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The golden 2B4T checkpoint, if `../shared/golden` is present.
+pub fn golden_model() -> Option<PathBuf> {
+    let dir = std::env::var_os("BITNET_GOLDEN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden"))
+        .join("models/bitnet2b4t_pub");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("SKIPPED: golden model not found at {}", dir.display());
+        None
+    }
+}
+
+/// Runs example `name`: `cargo test` builds examples beside the test binaries,
+/// in `target/<profile>/examples`.
+pub fn run_example(name: &str, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let mut child = Command::new(profile_dir.join("examples").join(name))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running the example");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
