@@ -15,14 +15,10 @@ use bitnet_model::{
     ChatTemplate, Conversation, GenerateOptions, Sampler, SamplerConfig, Session, Tokenizer,
     TurnText,
 };
-use burn::tensor::Device;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Backend {
-    Flex,
-    Ndarray,
-}
+mod common;
+use common::Backend;
 
 /// Generate text with a ternary model.
 #[derive(Debug, Parser)]
@@ -112,11 +108,7 @@ fn run(args: Args) -> Result<()> {
     if args.ctx_size == 0 {
         bail!("--ctx-size must be at least 1");
     }
-    #[allow(deprecated)]
-    let device = match args.device {
-        Backend::Flex => Device::flex(),
-        Backend::Ndarray => Device::ndarray(),
-    };
+    let device = args.device.device();
     let (_, family) = read_config(&model_dir)?;
     let model = load_hf_model(&model_dir, &device)
         .with_context(|| format!("loading {}", model_dir.display()))?;

@@ -10,15 +10,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use bitnet_import::load_hf_model;
-use burn::tensor::{Device, Int, Tensor, TensorData};
-use clap::{Parser, ValueEnum};
-use safetensors::{Dtype, tensor::TensorView};
+use burn::tensor::{Int, Tensor, TensorData};
+use clap::Parser;
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Backend {
-    Flex,
-    Ndarray,
-}
+mod common;
+use common::Backend;
+use safetensors::{Dtype, tensor::TensorView};
 
 /// Logits of a token sequence (one forward pass, batch 1).
 #[derive(Debug, Parser)]
@@ -45,11 +42,7 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
-    #[allow(deprecated)]
-    let device = match args.device {
-        Backend::Flex => Device::flex(),
-        Backend::Ndarray => Device::ndarray(),
-    };
+    let device = args.device.device();
     let model = load_hf_model(&args.model, &device)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let len = args.tokens.len();
