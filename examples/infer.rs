@@ -23,13 +23,15 @@ use common::Backend;
 /// Generate text with a ternary model.
 #[derive(Debug, Parser)]
 struct Args {
-    /// HF model directory (config.json + model.safetensors + tokenizer.json).
+    /// HF model directory (config.json + model.safetensors + tokenizer.json); default: the
+    /// bundled demo model (a byte-level BitNet trained on Tiny Shakespeare).
     #[arg(short, long)]
     model: Option<PathBuf>,
     /// Tokenizer to use instead of the model's: a directory, tokenizer.json or GGUF file.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// The prompt (in conversation mode: the system prompt).
+    /// The prompt (in conversation mode: the system prompt); the demo model's default is
+    /// `ROMEO:`.
     #[arg(short, long, default_value = "")]
     prompt: String,
     /// Maximum number of new tokens (per turn in conversation mode).
@@ -38,9 +40,9 @@ struct Args {
     /// Threads for the kernels and float parts (default: all cores).
     #[arg(short, long)]
     threads: Option<usize>,
-    /// Context size in tokens.
-    #[arg(short = 'c', long = "ctx-size", default_value_t = 2048)]
-    ctx_size: usize,
+    /// Context size in tokens (default: the model's trained context, at most 2048).
+    #[arg(short = 'c', long = "ctx-size")]
+    ctx_size: Option<usize>,
     /// Sampling temperature (0 = greedy).
     #[arg(long, default_value_t = 0.8, allow_hyphen_values = true)]
     temp: f32,
@@ -73,6 +75,9 @@ struct Args {
     device: Backend,
 }
 
+/// What the demo model continues when no prompt is given.
+const DEMO_PROMPT: &str = "ROMEO:";
+
 fn main() {
     // llama-cli spells conversation mode `-cnv`; clap takes single-dash long flags only as
     // short clusters, so the spelling is rewritten before parsing.
@@ -83,33 +88,29 @@ fn main() {
             a
         }
     });
-    if let Err(e) = run(Args::parse_from(argv)) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    common::exit_on_error(run(Args::parse_from(argv)));
 }
 
 fn run(args: Args) -> Result<()> {
-    let Some(model_dir) = args.model.clone() else {
-        bail!(
-            "no model given: pass -m DIR (an HF model directory). The bundled demo model that \
-             infer runs without -m is not shipped yet"
-        );
-    };
-    if let Some(threads) = args.threads {
-        if threads == 0 {
-            bail!("--threads must be at least 1");
+    let mut args = args;
+    let model_dir = match &args.model {
+        Some(dir) => dir.clone(),
+        None => {
+            if args.prompt.is_empty() && !args.conversation {
+                args.prompt = DEMO_PROMPT.into();
+            }
+            common::demo_model_dir()
         }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()
-            .context("setting up the thread pool")?;
-    }
-    if args.ctx_size == 0 {
+    };
+    common::init_threads(args.threads)?;
+    let device = args.device.device();
+    let (config, family) = read_config(&model_dir)?;
+    let ctx_size = args
+        .ctx_size
+        .unwrap_or(config.max_position_embeddings.min(2048));
+    if ctx_size == 0 {
         bail!("--ctx-size must be at least 1");
     }
-    let device = args.device.device();
-    let (_, family) = read_config(&model_dir)?;
     let model = load_hf_model(&model_dir, &device)
         .with_context(|| format!("loading {}", model_dir.display()))?;
     let tokenizer = load_tokenizer(args.tokenizer.as_ref().unwrap_or(&model_dir))?;
@@ -128,7 +129,7 @@ fn run(args: Args) -> Result<()> {
         max_new_tokens: args.n_predict,
         stop_strings: args.stop.clone(),
     };
-    let mut session = Session::new(&model, args.ctx_size);
+    let mut session = Session::new(&model, ctx_size);
     if args.conversation {
         let template = chat_template(&args, family, &tokenizer)?;
         let system = (!args.prompt.is_empty()).then(|| args.prompt.clone());
@@ -144,11 +145,11 @@ fn run(args: Args) -> Result<()> {
     if prompt.is_empty() {
         bail!("the prompt is empty and the tokenizer adds no BOS: pass -p TEXT");
     }
-    if prompt.len() >= args.ctx_size {
+    if prompt.len() >= ctx_size {
         bail!(
             "the prompt is {} tokens but the context holds {}: raise -c/--ctx-size or shorten -p",
             prompt.len(),
-            args.ctx_size
+            ctx_size
         );
     }
     print!("{}", args.prompt);

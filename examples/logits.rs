@@ -20,31 +20,33 @@ use safetensors::{Dtype, tensor::TensorView};
 /// Logits of a token sequence (one forward pass, batch 1).
 #[derive(Debug, Parser)]
 struct Args {
-    /// HF model directory (config.json + model.safetensors).
+    /// HF model directory (config.json + model.safetensors); default: the bundled demo model.
     #[arg(short, long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Comma-separated token ids, e.g. 1,2,3.
     #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
     tokens: Vec<i64>,
     /// Write the logits [T, vocab] (f32) to this safetensors file under the key `logits`.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Threads for the kernels and float parts (default: all cores).
+    #[arg(short, long)]
+    threads: Option<usize>,
     /// Burn backend.
     #[arg(long, value_enum, default_value = "flex")]
     device: Backend,
 }
 
 fn main() {
-    if let Err(e) = run(Args::parse()) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    common::exit_on_error(run(Args::parse()));
 }
 
 fn run(args: Args) -> Result<()> {
+    common::init_threads(args.threads)?;
     let device = args.device.device();
-    let model = load_hf_model(&args.model, &device)
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let model_dir = args.model.unwrap_or_else(common::demo_model_dir);
+    let model = load_hf_model(&model_dir, &device)
+        .with_context(|| format!("loading {}", model_dir.display()))?;
     let len = args.tokens.len();
     let tokens = Tensor::<2, Int>::from_data(TensorData::new(args.tokens, [1, len]), &device);
     let logits = model.forward_full(tokens)?;

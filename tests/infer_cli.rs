@@ -81,9 +81,30 @@ fn conversation_mode_answers_each_turn() {
 }
 
 #[test]
+fn with_no_arguments_infer_runs_the_bundled_demo_model() {
+    let args = ["-n", "64", "--temp", "0"];
+    let (ok, first, log) = infer(&args, "");
+    assert!(ok, "{log}");
+    assert!(
+        first.starts_with("ROMEO:"),
+        "the demo prompt comes first: {first}"
+    );
+    assert!(log.contains("generated: 64 tokens"), "{log}");
+    let text = &first["ROMEO:".len()..];
+    assert!(
+        text.chars()
+            .all(|c| !c.is_control() || c == '\n' || c == '\t'),
+        "printable text: {text:?}"
+    );
+    assert!(
+        text.chars().filter(|c| c.is_alphabetic()).count() > 16,
+        "{text:?}"
+    );
+    assert_eq!(first, infer(&args, "").1, "greedy output is deterministic");
+}
+
+#[test]
 fn bad_inputs_exit_non_zero_with_one_line() {
-    let (ok, _, log) = infer(&[], "");
-    assert!(!ok && log.contains("no model given"), "{log}");
     let (ok, _, log) = infer(&["-m", "/nonexistent/model"], "");
     assert!(!ok && log.contains("/nonexistent/model"), "{log}");
     let (ok, _, log) = infer(&["--top-k", "many"], "");

@@ -280,6 +280,22 @@ impl I2sWeights {
         Ok(Self::pack(layout, |r, c| code(r, c) as i8 - 1))
     }
 
+    /// Writes HF's u8 layout `[ceil(n/4), k]`, the inverse of [`I2sWeights::from_hf_packed`]
+    /// (slots of rows past `n` in the last plane stay 0).
+    pub fn to_hf_packed(&self) -> Vec<u8> {
+        let TernaryLayout { n, k, .. } = self.layout;
+        let planes = n.div_ceil(4);
+        let view = self.view();
+        let mut packed = vec![0u8; planes * k];
+        for r in 0..n {
+            let (row, shift) = (r % planes, 2 * (r / planes));
+            for c in 0..k {
+                packed[row * k + c] |= ((view.value(r, c) + 1) as u8) << shift;
+            }
+        }
+        packed
+    }
+
     /// Reads bitnet.cpp's I2_S tensor bytes: `n*k/4` code bytes then a 32-byte tail whose first
     /// four bytes are the little-endian f32 scale. `k` must be a multiple of 128.
     pub fn from_bitnet_bytes(bytes: &[u8], n: usize, k: usize) -> Result<Self> {

@@ -20,3 +20,31 @@ impl Backend {
         }
     }
 }
+
+/// Sizes the global rayon pool that the kernels and Burn's CPU backends share (`None`: all
+/// cores).
+pub fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    let Some(threads) = threads else {
+        return Ok(());
+    };
+    if threads == 0 {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("setting up the thread pool: {e}"))
+}
+
+/// Where the bundled demo model lives (trained by the `train` example, see its model card).
+pub fn demo_model_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-shakespeare")
+}
+
+/// Prints a failed run's error chain on one line and exits with status 1.
+pub fn exit_on_error(result: anyhow::Result<()>) {
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

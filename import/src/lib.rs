@@ -9,6 +9,7 @@
 //! Tokenizers load from the same directories or from GGUF metadata ([`load_tokenizer`]).
 
 pub mod error;
+pub mod export;
 pub mod gguf;
 pub mod hf;
 pub mod hf_config;
@@ -16,6 +17,10 @@ pub mod store;
 pub mod tokenizer;
 
 pub use error::{ImportError, Result};
+pub use export::{
+    BYTE_LEVEL_END_OF_TEXT, byte_level_tokenizer_json, save_byte_level_tokenizer, save_hf_model,
+    write_json,
+};
 pub use gguf::{GgufFile, GgufHeader, MetadataValue};
 pub use hf::load_hf_model;
 pub use hf_config::{Family, read_config};

@@ -7,9 +7,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use bitnet_backend::Isa;
 use bitnet_backend::QuantizedActivations;
 use bitnet_backend::kernels::ternary_matmul_i32;
-use bitnet_backend::{I2sView, Isa};
 use bitnet_import::load_hf_model;
 use bitnet_model::{BitLinear, BitNetModel, KvCache};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -277,15 +277,8 @@ fn debug_layer_bitlinears_are_exact() {
                 let want_q = case.golden.i8(&key("x_q"));
                 let want_scale = case.golden.f32(&key("x_scale"));
                 let want_acc = case.golden.i32(&key("acc"));
-                let codes: Vec<u8> = linear
-                    .packed
-                    .val()
-                    .into_data()
-                    .convert::<u8>()
-                    .try_to_vec()
-                    .unwrap();
-                let view = I2sView::new(layout, &codes).unwrap();
-                let acc = ternary_matmul_i32(Isa::best(), view, &xq).unwrap();
+                let weights = linear.to_i2s().unwrap();
+                let acc = ternary_matmul_i32(Isa::best(), weights.view(), &xq).unwrap();
                 let mut flips = 0;
                 for t in 0..m {
                     let got_row = &xq.row(t)[..k];

@@ -32,6 +32,17 @@ pub struct Attention {
 }
 
 impl Attention {
+    /// Packs trainable projections (see [`BitLinear::pack`]).
+    pub fn pack(self) -> Result<Self> {
+        Ok(Self {
+            q_proj: self.q_proj.pack()?,
+            k_proj: self.k_proj.pack()?,
+            v_proj: self.v_proj.pack()?,
+            o_proj: self.o_proj.pack()?,
+            ..self
+        })
+    }
+
     /// Attends `len` new positions starting at `start` to themselves and to everything cached.
     ///
     /// # Shapes

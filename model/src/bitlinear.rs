@@ -1,6 +1,9 @@
 //! The ternary linear layer as a Burn module.
 
-use bitnet_backend::{I2sWeights, ScaleConvention, TernaryLayout, TernaryWeight, ternary_linear};
+use bitnet_backend::quant::AMAX_FLOOR;
+use bitnet_backend::{
+    ActivationScale, I2sWeights, ScaleConvention, TernaryLayout, TernaryWeight, ternary_linear,
+};
 use burn::config::Config;
 use burn::module::{Module, Param, ParamId};
 use burn::nn::Linear;
@@ -25,51 +28,91 @@ impl BitLinearConfig {
     /// A layer whose weights are uniform `U(-1/sqrt(k), 1/sqrt(k))` latent values ternarized by
     /// absmean (the same draw as Burn's `Linear`, then the BitNet b1.58 rule).
     pub fn init(&self, device: &Device) -> crate::error::Result<BitLinear> {
+        let latent = self.init_latent(device).into_data();
+        let latent = host_values(latent)?;
+        let weights = ternarize(&latent, self.d_output, self.d_input, self.spec.convention)?;
+        BitLinear::from_i2s(&weights, &self.spec, self.init_norm(device), device)
+    }
+
+    /// A trainable layer: the same uniform draw kept as latent float weights, ternarized in
+    /// every forward pass with the straight-through estimator (see [`BitLinear::forward`]).
+    pub fn init_trainable(&self, device: &Device) -> crate::error::Result<BitLinear> {
+        let layout = TernaryLayout::new(self.d_output, self.d_input, 1.0, self.spec.convention)?
+            .with_activation_scale(self.spec.activation_scale);
+        Ok(BitLinear {
+            weights: TernaryParam::Latent(Param::from_tensor(self.init_latent(device))),
+            norm: self.init_norm(device),
+            layout,
+        })
+    }
+
+    fn init_latent(&self, device: &Device) -> Tensor<2> {
         let bound = 1.0 / (self.d_input as f64).sqrt();
-        let latent: Tensor<2> = Tensor::random(
+        Tensor::random(
             [self.d_output, self.d_input],
             Distribution::Uniform(-bound, bound),
             device,
-        );
-        let latent = latent
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| ModelError::Config(format!("{e:?}")))?;
-        let weights = I2sWeights::from_latent(&latent, self.d_output, self.d_input)?;
-        // `from_latent` divides by `s = 1 / mean|W|`; the multiply convention stores `1 / s`.
-        let weights = match self.spec.convention {
-            ScaleConvention::Divide => weights,
-            ScaleConvention::Multiply => {
-                let (layout, codes) = weights.into_parts();
-                let layout = TernaryLayout::new(
-                    layout.n,
-                    layout.k,
-                    1.0 / layout.scale,
-                    ScaleConvention::Multiply,
-                )?;
-                I2sWeights::from_codes(layout, codes)?
-            }
-        };
-        let norm = self.spec.rms_norm_eps.map(|epsilon| {
+        )
+    }
+
+    fn init_norm(&self, device: &Device) -> Option<RmsNorm> {
+        self.spec.rms_norm_eps.map(|epsilon| {
             crate::norm::RmsNormConfig::new(self.d_input)
                 .with_epsilon(epsilon)
                 .init(device)
-        });
-        BitLinear::from_i2s(&weights, &self.spec, norm, device)
+        })
     }
+}
+
+/// Ternarizes latent weights `[n, k]` by absmean into I2_S with the given scale convention.
+///
+/// [`I2sWeights::from_latent`] stores `s = 1 / mean|W|` for the divide convention; the multiply
+/// convention (2B4T's `weight_scale`) stores `mean|W|` itself.
+pub fn ternarize(
+    latent: &[f32],
+    n: usize,
+    k: usize,
+    convention: ScaleConvention,
+) -> crate::error::Result<I2sWeights> {
+    let weights = I2sWeights::from_latent(latent, n, k)?;
+    Ok(match convention {
+        ScaleConvention::Divide => weights,
+        ScaleConvention::Multiply => {
+            let (layout, codes) = weights.into_parts();
+            let layout = TernaryLayout::new(n, k, 1.0 / layout.scale, ScaleConvention::Multiply)?;
+            I2sWeights::from_codes(layout, codes)?
+        }
+    })
+}
+
+fn host_values(data: burn::tensor::TensorData) -> crate::error::Result<Vec<f32>> {
+    data.convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| ModelError::Unsupported(format!("reading weights back: {e:?}")))
+}
+
+/// Where a [`BitLinear`] keeps its weights.
+#[derive(Module, Debug)]
+pub enum TernaryParam {
+    /// I2_S codes `[d_output, ceil(d_input / 128) * 32]` (u8) for the ternary kernels.
+    Packed(Param<Tensor<2, Int>>),
+    /// Latent float weights `[d_output, d_input]` for quantization-aware training.
+    Latent(Param<Tensor<2>>),
 }
 
 /// A linear layer with ternary weights and per-token int8 activations.
 ///
-/// The packed I2_S codes are a `U8` parameter (so Burn records keep them); the shape, scale and
-/// scale convention are in `layout`.
+/// For inference the weights are packed I2_S codes, a `U8` parameter (so Burn records keep them)
+/// whose shape, scale and scale convention are in `layout`. For quantization-aware training they
+/// are latent floats, and [`BitLinear::pack`] turns the trained layer into the packed one.
 #[derive(Module, Debug)]
 pub struct BitLinear {
-    /// I2_S codes, `[d_output, ceil(d_input / 128) * 32]`.
-    pub packed: Param<Tensor<2, Int>>,
+    /// Packed codes or latent weights.
+    pub weights: TernaryParam,
     /// RMSNorm applied to the input before quantization (HF `use_rms_norm`).
     pub norm: Option<RmsNorm>,
-    /// Shape, scale and conventions of the packed weights.
+    /// Shape and conventions of the weights; the scale is the packed weights' (latent weights
+    /// derive theirs in every forward pass).
     #[module(skip)]
     pub layout: TernaryLayout,
 }
@@ -103,7 +146,10 @@ impl BitLinear {
         }
         let uploaded = TernaryWeight::from_i2s(weights, device);
         Ok(Self {
-            packed: Param::initialized(ParamId::new(), uploaded.packed().clone()),
+            weights: TernaryParam::Packed(Param::initialized(
+                ParamId::new(),
+                uploaded.packed().clone(),
+            )),
             norm,
             layout: layout.with_activation_scale(spec.activation_scale),
         })
@@ -123,24 +169,66 @@ impl BitLinear {
         let weight = linear.weight.val();
         let device = weight.device();
         let [k, n] = weight.dims();
-        let values = weight
-            .transpose()
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .map_err(|e| ModelError::Unsupported(format!("Linear weights: {e:?}")))?;
+        let values = host_values(weight.transpose().into_data())?;
         let weights = I2sWeights::from_latent(&values, n, k)?;
         let spec = TernaryLinearSpec::new(ScaleConvention::Divide);
         Self::from_i2s(&weights, &spec, None, &device)
     }
 
-    /// The packed weights as the backend op takes them.
+    /// Whether the layer holds latent (trainable) weights rather than packed codes.
+    pub fn is_trainable(&self) -> bool {
+        matches!(self.weights, TernaryParam::Latent(_))
+    }
+
+    /// The packed weights as the backend op takes them; a trainable layer has none until
+    /// [`BitLinear::pack`].
     pub fn weight(&self) -> crate::error::Result<TernaryWeight> {
-        Ok(TernaryWeight::new(self.packed.val(), self.layout)?)
+        match &self.weights {
+            TernaryParam::Packed(packed) => Ok(TernaryWeight::new(packed.val(), self.layout)?),
+            TernaryParam::Latent(_) => Err(ModelError::Unsupported(
+                "a trainable layer has latent weights, not packed ones: pack it first".into(),
+            )),
+        }
+    }
+
+    /// The packed weights read back to the host (what an exporter writes).
+    pub fn to_i2s(&self) -> crate::error::Result<I2sWeights> {
+        let codes = self
+            .weight()?
+            .packed()
+            .clone()
+            .into_data()
+            .convert::<u8>()
+            .try_to_vec::<u8>()
+            .map_err(|e| ModelError::Unsupported(format!("reading packed codes back: {e:?}")))?;
+        Ok(I2sWeights::from_codes(self.layout, codes)?)
+    }
+
+    /// Turns a trainable layer into the packed inference layer its forward pass emulates (a
+    /// packed layer is returned unchanged). Call it on a model taken out of autodiff
+    /// (`Module::valid`) so the codes land on a plain device.
+    pub fn pack(self) -> crate::error::Result<Self> {
+        let TernaryParam::Latent(latent) = &self.weights else {
+            return Ok(self);
+        };
+        let latent = latent.val();
+        let device = latent.device();
+        let values = host_values(latent.into_data())?;
+        let (n, k) = (self.layout.n, self.layout.k);
+        let weights = ternarize(&values, n, k, self.layout.convention)?;
+        let mut spec = TernaryLinearSpec::new(self.layout.convention)
+            .with_activation_scale(self.layout.activation);
+        spec.rms_norm_eps = self.norm.as_ref().map(|norm| norm.epsilon);
+        Self::from_i2s(&weights, &spec, self.norm, &device)
     }
 
     /// Applies the optional pre-norm, quantizes each token to int8 and multiplies by the ternary
     /// weights.
+    ///
+    /// A trainable layer computes the same quantities in float: weights ternarized by absmean,
+    /// activations rounded per token by absmax, both through the straight-through estimator
+    /// (`v + (q(v) - v).detach()`), so gradients reach the latent weights as if the rounding were
+    /// the identity (the BitNet b1.58 recipe).
     ///
     /// # Shapes
     /// - `x`: `[..., d_input]`
@@ -150,6 +238,36 @@ impl BitLinear {
             Some(norm) => norm.forward(x),
             None => x,
         };
-        Ok(ternary_linear(x, &self.weight()?)?)
+        match &self.weights {
+            TernaryParam::Packed(_) => Ok(ternary_linear(x, &self.weight()?)?),
+            TernaryParam::Latent(latent) => {
+                let x = straight_through(x.clone(), self.quantize_activations(x));
+                let w = latent.val();
+                let w = straight_through(w.clone(), ternarize_latent(w));
+                Ok(x.matmul(w.transpose().unsqueeze()))
+            }
+        }
     }
+
+    /// Per-token absmax int8 rounding, dequantized: `round(x * s) / s` with the packed kernel's
+    /// scale rule.
+    fn quantize_activations<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let amax = x.clone().abs().max_dim(D - 1).clamp_min(AMAX_FLOOR);
+        let scale = match self.layout.activation {
+            ActivationScale::Reciprocal => amax.recip().mul_scalar(127.0),
+            ActivationScale::Quotient => amax.ones_like().mul_scalar(127.0) / amax,
+        };
+        (x * scale.clone()).round().clamp(-128.0, 127.0) / scale
+    }
+}
+
+/// Absmean ternarization, dequantized: `clamp(round(w / mean|w|), -1, 1) * mean|w|`.
+fn ternarize_latent(w: Tensor<2>) -> Tensor<2> {
+    let mean = w.clone().abs().mean().clamp_min(1e-5).unsqueeze::<2>();
+    (w / mean.clone()).round().clamp(-1.0, 1.0) * mean
+}
+
+/// The value of `quantized` with the gradient of `value`.
+fn straight_through<const D: usize>(value: Tensor<D>, quantized: Tensor<D>) -> Tensor<D> {
+    value.clone() + (quantized - value).detach()
 }

@@ -26,6 +26,16 @@ pub struct FeedForward {
 }
 
 impl FeedForward {
+    /// Packs trainable projections (see [`BitLinear::pack`]).
+    pub fn pack(self) -> Result<Self> {
+        Ok(Self {
+            gate_proj: self.gate_proj.pack()?,
+            up_proj: self.up_proj.pack()?,
+            down_proj: self.down_proj.pack()?,
+            ..self
+        })
+    }
+
     /// # Shapes
     /// - `x`: `[batch, len, hidden]`
     /// - output: `[batch, len, hidden]`

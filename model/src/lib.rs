@@ -23,9 +23,10 @@ pub mod norm;
 pub mod rope;
 pub mod sampling;
 pub mod tokenizer;
+pub mod train;
 
 pub use attention::Attention;
-pub use bitlinear::{BitLinear, BitLinearConfig};
+pub use bitlinear::{BitLinear, BitLinearConfig, TernaryParam, ternarize};
 pub use cache::{KvCache, LayerCache};
 pub use chat::{ChatMessage, ChatTemplate, Conversation, TurnText};
 pub use config::{BitNetConfig, FfnActivation, Llama3RopeScaling, TernaryLinearSpec};
@@ -39,3 +40,4 @@ pub use sampling::{Sampler, SamplerConfig};
 pub use tokenizer::{
     PreTokenizer, SpecialTokens, TextStream, TokenType, Tokenizer, TokenizerVocab, VocabModel,
 };
+pub use train::{WarmupCosine, next_token_loss};

@@ -1,11 +1,12 @@
 //! The decoder and the causal language model on top of it.
 
 use burn::module::Module;
+use burn::nn::Initializer;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::attention::Attention;
-use crate::bitlinear::BitLinearConfig;
+use crate::bitlinear::{BitLinear, BitLinearConfig};
 use crate::cache::{KvCache, LayerCache};
 use crate::config::BitNetConfig;
 use crate::error::{ModelError, Result};
@@ -27,6 +28,15 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
+    /// Packs the layer's trainable projections (see [`BitLinear::pack`]).
+    pub fn pack(self) -> Result<Self> {
+        Ok(Self {
+            self_attn: self.self_attn.pack()?,
+            mlp: self.mlp.pack()?,
+            ..self
+        })
+    }
+
     /// # Shapes
     /// - `x`: `[batch, len, hidden]`
     /// - output: `[batch, len, hidden]`
@@ -70,10 +80,40 @@ pub struct BitNetModel {
 impl BitNetConfig {
     /// A randomly initialized model (ternary projections from uniform latent weights).
     pub fn init(&self, device: &Device) -> Result<BitNetModel> {
+        self.build(
+            |linear| linear.init(device),
+            EmbeddingConfig::new(self.vocab_size, self.hidden_size),
+            device,
+        )
+    }
+
+    /// A model for quantization-aware training: every projection keeps latent float weights
+    /// (see [`BitLinearConfig::init_trainable`]) and the embedding starts at `N(0, 0.02)` as in
+    /// the BitNet/Llama recipes. Build it on an autodiff device (`Device::autodiff`) to train,
+    /// then [`BitNetModel::pack`] it for inference.
+    pub fn init_trainable(&self, device: &Device) -> Result<BitNetModel> {
+        self.build(
+            |linear| linear.init_trainable(device),
+            EmbeddingConfig::new(self.vocab_size, self.hidden_size).with_initializer(
+                Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                },
+            ),
+            device,
+        )
+    }
+
+    fn build(
+        &self,
+        init_linear: impl Fn(BitLinearConfig) -> Result<BitLinear>,
+        embedding: EmbeddingConfig,
+        device: &Device,
+    ) -> Result<BitNetModel> {
         self.validate()?;
         let (hidden, head_dim) = (self.hidden_size, self.head_dim());
         let linear = |d_input, d_output| {
-            BitLinearConfig::new(d_input, d_output, self.linear.clone()).init(device)
+            init_linear(BitLinearConfig::new(d_input, d_output, self.linear.clone()))
         };
         let norm = |width| {
             RmsNormConfig::new(width)
@@ -107,7 +147,7 @@ impl BitNetConfig {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(BitNetModel {
-            embed_tokens: EmbeddingConfig::new(self.vocab_size, hidden).init(device),
+            embed_tokens: embedding.init(device),
             layers,
             norm: norm(hidden),
             lm_head: (!self.tie_word_embeddings).then(|| {
@@ -133,6 +173,17 @@ pub struct HiddenStates {
 }
 
 impl BitNetModel {
+    /// The inference model a trained one stands for: every trainable projection packed into
+    /// I2_S (see [`BitLinear::pack`]); float parts are kept as they are.
+    pub fn pack(self) -> Result<Self> {
+        let layers = self
+            .layers
+            .into_iter()
+            .map(DecoderLayer::pack)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers, ..self })
+    }
+
     /// An empty KV cache for `batch` sequences of up to `context` positions.
     pub fn new_cache(&self, batch: usize, context: usize) -> KvCache {
         let device = self.embed_tokens.weight.val().device();

@@ -1,5 +1,7 @@
 //! Shared support of the example tests: the golden model and running a built example.
 
+#![allow(dead_code)] // Each test binary uses a different part of this module.
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
