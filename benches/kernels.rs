@@ -1,6 +1,7 @@
 //! Ternary kernel benchmarks: GEMV (one token, decode) and GEMM (128 tokens, prefill) on the
 //! weight shapes of the 700M dummy, BitNet b1.58 2B4T and Llama3-8B, for 1 and 2 threads and
-//! every instruction set this CPU has, next to Burn's own f32 matmul on Flex; then a decode
+//! every instruction set this CPU has and both kernel families (I2_S and `lut-*`), next to
+//! Burn's own f32 matmul on Flex; then a decode
 //! sweep over a 3B-sized stack of layers (~0.8 GB of packed weights, far beyond any cache).
 //!
 //! `cargo bench --bench kernels` (all), `cargo bench --bench kernels -- sweep` (the sweep only).
@@ -11,8 +12,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use bitnet_backend::kernels::ternary_linear_quantized;
+use bitnet_backend::lut::lut_linear_quantized;
 use bitnet_backend::{
-    ActivationScale, I2sWeights, Isa, QuantizedActivations, ScaleConvention, TernaryLayout,
+    ActivationScale, I2sWeights, Isa, LutWeights, QuantizedActivations, ScaleConvention,
+    TernaryLayout,
 };
 use burn::tensor::{Device, Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -81,6 +84,7 @@ fn kernels(c: &mut Criterion) {
         for (model, n, k) in SHAPES {
             let weights = random_weights(n, k, (n * k) as u64);
             let x = random_activations(m, k, weights.layout().k_padded(), 7);
+            let lut = LutWeights::from_i2s(weights.view());
             group.throughput(Throughput::Elements((m * n * k) as u64));
             for threads in THREADS {
                 let pool = pool(threads);
@@ -96,6 +100,15 @@ fn kernels(c: &mut Criterion) {
                             pool.install(|| {
                                 ternary_linear_quantized(isa, weights.view(), black_box(&x))
                             })
+                        })
+                    });
+                    let id = BenchmarkId::new(
+                        format!("lut-{isa}/t{threads}"),
+                        format!("{model} {n}x{k}"),
+                    );
+                    group.bench_function(id, |b| {
+                        b.iter(|| {
+                            pool.install(|| lut_linear_quantized(isa, lut.view(), black_box(&x)))
                         })
                     });
                 }

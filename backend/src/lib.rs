@@ -12,10 +12,12 @@ pub mod error;
 pub mod extension;
 pub mod i2s;
 pub mod kernels;
+pub mod lut;
 pub mod quant;
 
 pub use error::{Result, TernaryError};
 pub use extension::{TernaryLinearExt, TernaryOps, TernaryWeight, ternary_linear};
 pub use i2s::{I2sView, I2sWeights, ScaleConvention, TernaryLayout};
 pub use kernels::Isa;
+pub use lut::LutWeights;
 pub use quant::{ActivationScale, QuantizedActivations};

@@ -1,10 +1,12 @@
-//! Every dispatch path this CPU has equals the scalar reference and a naive integer product,
-//! exactly, on seeded random shapes that are not multiples of any block size.
+//! Every dispatch path this CPU has, of both kernel families (I2_S and LUT), equals the scalar
+//! reference and a naive integer product, exactly, on seeded random shapes that are not
+//! multiples of any block size.
 
 mod common;
 
-use bitnet_backend::kernels::{ternary_linear, ternary_matmul_i32};
-use bitnet_backend::{I2sWeights, Isa, QuantizedActivations, ScaleConvention};
+use bitnet_backend::kernels::{ternary_linear, ternary_linear_quantized, ternary_matmul_i32};
+use bitnet_backend::lut::{lut_linear_quantized, lut_matmul_i32};
+use bitnet_backend::{I2sWeights, Isa, LutWeights, QuantizedActivations, ScaleConvention};
 use common::Rng;
 use proptest::prelude::*;
 
@@ -39,9 +41,12 @@ fn check(seed: u64, m: usize, k: usize, n: usize) {
         weights.layout().activation,
     );
     let want = naive_acc(&xq, &w, n);
+    let lut = LutWeights::from_i2s(weights.view());
     for isa in Isa::supported() {
         let acc = ternary_matmul_i32(isa, weights.view(), &xq).unwrap();
         assert_eq!(acc, want, "seed {seed}, m={m} k={k} n={n}, {isa}");
+        let acc = lut_matmul_i32(isa, lut.view(), &xq).unwrap();
+        assert_eq!(acc, want, "LUT: seed {seed}, m={m} k={k} n={n}, {isa}");
     }
 }
 
@@ -88,6 +93,12 @@ fn extreme_activations_cannot_overflow_the_i16_stage() {
                     acc.iter().all(|&a| a == -128 * k as i32),
                     "{isa} k={k} m={m}"
                 );
+                let lut = LutWeights::from_i2s(weights.view());
+                let acc = lut_matmul_i32(isa, lut.view(), &xq).unwrap();
+                assert!(
+                    acc.iter().all(|&a| a == -128 * k as i32),
+                    "LUT {isa} k={k} m={m}"
+                );
             }
         }
     }
@@ -102,13 +113,22 @@ fn float_outputs_are_identical_across_paths() {
     for convention in [ScaleConvention::Multiply, ScaleConvention::Divide] {
         let weights = I2sWeights::from_ternary(&w, n, k, 1.7, convention).unwrap();
         let reference = ternary_linear(Isa::Scalar, weights.view(), &x, m).unwrap();
+        let xq = QuantizedActivations::new(
+            &x,
+            m,
+            k,
+            weights.layout().k_padded(),
+            weights.layout().activation,
+        );
+        let lut = LutWeights::from_i2s(weights.view());
+        let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         for isa in Isa::supported() {
             let y = ternary_linear(isa, weights.view(), &x, m).unwrap();
-            let same = y
-                .iter()
-                .zip(&reference)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "{isa} {convention:?}");
+            assert_eq!(bits(&y), bits(&reference), "{isa} {convention:?}");
+            let y = ternary_linear_quantized(isa, weights.view(), &xq).unwrap();
+            assert_eq!(bits(&y), bits(&reference), "{isa} {convention:?} quantized");
+            let y = lut_linear_quantized(isa, lut.view(), &xq).unwrap();
+            assert_eq!(bits(&y), bits(&reference), "LUT {isa} {convention:?}");
         }
     }
 }
@@ -125,6 +145,32 @@ fn unsupported_or_unknown_isa_is_an_error() {
             assert!(err.to_string().contains("not supported"), "{err}");
         }
     }
+}
+
+#[test]
+fn lut_weights_round_trip_and_reject_bad_bytes() {
+    let mut rng = Rng::new(7);
+    for (n, k) in [(1, 1), (33, 130), (64, 256), (5, 999)] {
+        let w = rng.ternaries(n * k);
+        let weights = I2sWeights::from_ternary(&w, n, k, 0.5, ScaleConvention::Divide).unwrap();
+        let lut = LutWeights::from_i2s(weights.view());
+        let values: Vec<i8> = (0..n * k).map(|i| lut.value(i / k, i % k)).collect();
+        assert_eq!(values, w, "n={n} k={k}");
+        assert_eq!(lut.to_i2s().unwrap(), weights, "n={n} k={k}");
+        let again = LutWeights::from_bytes(lut.layout(), lut.bytes().to_vec()).unwrap();
+        assert_eq!(again, lut);
+    }
+    let weights =
+        I2sWeights::from_ternary(&[1; 40], 2, 20, 1.0, ScaleConvention::Multiply).unwrap();
+    let lut = LutWeights::from_i2s(weights.view());
+    let short = LutWeights::from_bytes(lut.layout(), lut.bytes()[1..].to_vec()).unwrap_err();
+    assert!(short.to_string().contains("LUT weights"), "{short}");
+    let mut bad = lut.bytes().to_vec();
+    bad[3] = 0x9f;
+    let err = LutWeights::from_bytes(lut.layout(), bad).unwrap_err();
+    assert!(err.to_string().contains("pattern index"), "{err}");
+    let bits = LutWeights::bits_per_weight(&lut.layout());
+    assert!(bits > 2.0, "rows and columns are padded: {bits}");
 }
 
 #[test]

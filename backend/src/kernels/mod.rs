@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use crate::error::{Result, TernaryError};
-use crate::i2s::I2sView;
+use crate::i2s::{I2sView, TernaryLayout};
 use crate::quant::QuantizedActivations;
 
 /// Rows decoded together in the multi-token path.
@@ -144,7 +144,8 @@ impl Isa {
             .clone()
     }
 
-    fn ensure_supported(self) -> Result<()> {
+    /// Fails with a dispatch error if this CPU cannot run the path.
+    pub(crate) fn check_supported(self) -> Result<()> {
         if self.is_supported() {
             Ok(())
         } else {
@@ -176,16 +177,42 @@ pub fn ternary_linear_quantized(
     x: &QuantizedActivations,
 ) -> Result<Vec<f32>> {
     let raw = raw_dots(isa, w, x)?;
-    let (m, n) = (x.m, w.layout.n);
-    let (scale, convention) = (w.layout.scale, w.layout.convention);
+    Ok(finish_linear(&w.layout, x, |r, t| {
+        raw[r * x.m + t] - x.sums[t]
+    }))
+}
+
+/// Fails unless `x` was quantized for weights of this layout (same `k`, same padding).
+pub(crate) fn check_activations(layout: &TernaryLayout, x: &QuantizedActivations) -> Result<()> {
+    if x.k != layout.k || x.k_padded != layout.k_padded() {
+        return Err(TernaryError::Shape(format!(
+            "activations have k={} (padded {}), weights have k={} (padded {})",
+            x.k,
+            x.k_padded,
+            layout.k,
+            layout.k_padded()
+        )));
+    }
+    Ok(())
+}
+
+/// The float outputs `[m, n]` from exact accumulators `acc(r, t)`, in the reference's order of
+/// operations (shared by every kernel family, so they agree bit for bit).
+pub(crate) fn finish_linear(
+    layout: &TernaryLayout,
+    x: &QuantizedActivations,
+    acc: impl Fn(usize, usize) -> i32,
+) -> Vec<f32> {
+    let (m, n) = (x.m, layout.n);
+    let (scale, convention) = (layout.scale, layout.convention);
     let mut y = vec![0f32; m * n];
     for (t, row) in y.chunks_exact_mut(n).enumerate() {
-        let (sum, x_scale) = (x.sums[t], x.scales[t]);
+        let x_scale = x.scales[t];
         for (r, out) in row.iter_mut().enumerate() {
-            *out = convention.output(raw[r * m + t] - sum, x_scale, scale);
+            *out = convention.output(acc(r, t), x_scale, scale);
         }
     }
-    Ok(y)
+    y
 }
 
 /// Quantizes `x` (`[m, k]`, row-major) per token and applies the ternary layer: `[m, n]`.
@@ -203,16 +230,8 @@ pub fn ternary_linear(isa: Isa, w: I2sView<'_>, x: &[f32], m: usize) -> Result<V
 
 /// `raw[r * m + t]` for all rows and tokens, rows split across the rayon pool.
 fn raw_dots(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Result<Vec<i32>> {
-    isa.ensure_supported()?;
-    if x.k != w.layout.k || x.k_padded != w.layout.k_padded() {
-        return Err(TernaryError::Shape(format!(
-            "activations have k={} (padded {}), weights have k={} (padded {})",
-            x.k,
-            x.k_padded,
-            w.layout.k,
-            w.layout.k_padded()
-        )));
-    }
+    isa.check_supported()?;
+    check_activations(&w.layout, x)?;
     let (m, n, rb) = (x.m, w.layout.n, w.layout.row_bytes());
     let mut raw = vec![0i32; n * m];
     if m == 0 {
@@ -231,7 +250,7 @@ fn raw_dots(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Result<Vec<i3
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512Vnni => run::<avx512::Avx512Vnni>(codes, rb, &x.q, m, out),
                 #[cfg(not(target_arch = "x86_64"))]
-                _ => unreachable!("ensure_supported rejects x86 paths on other architectures"),
+                _ => unreachable!("check_supported rejects x86 paths on other architectures"),
             }
         });
     Ok(raw)
