@@ -79,6 +79,7 @@ struct Args {
 const DEMO_PROMPT: &str = "ROMEO:";
 
 fn main() {
+    common::init_logging();
     // llama-cli spells conversation mode `-cnv`; clap takes single-dash long flags only as
     // short clusters, so the spelling is rewritten before parsing.
     let argv = std::env::args().map(|a| {

@@ -38,6 +38,7 @@ struct Args {
 }
 
 fn main() {
+    common::init_logging();
     common::exit_on_error(run(Args::parse()));
 }
 

@@ -111,6 +111,7 @@ struct TrainState {
 }
 
 fn main() {
+    common::init_logging();
     common::exit_on_error(run(Args::parse()));
 }
 

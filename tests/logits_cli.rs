@@ -2,7 +2,8 @@
 
 mod support;
 
-use support::{golden_model, run_example};
+use bitnet_backend::Isa;
+use support::{golden_model, run_example, run_example_with_env};
 
 fn logits(args: &[&str]) -> std::process::Output {
     run_example("logits", args, "")
@@ -44,4 +45,60 @@ fn logits_fails_clearly_on_bad_input() {
     let run = logits(&["--model", "/nonexistent", "--tokens", "1"]);
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("/nonexistent"));
+}
+
+/// Logits bytes of `tokens` under `BITNET_KERNEL=kernel`, `BITNET_ISA=isa`.
+fn logits_with(model: &str, tokens: &str, kernel: &str, isa: &str) -> (Vec<u8>, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("logits.safetensors");
+    let env = [
+        ("BITNET_KERNEL", kernel),
+        ("BITNET_ISA", isa),
+        ("RUST_LOG", "debug"),
+    ];
+    let args = [
+        "-m",
+        model,
+        "--tokens",
+        tokens,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let run = run_example_with_env("logits", &args, "", &env);
+    let log = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "{kernel}/{isa}: {log}");
+    (std::fs::read(&out).unwrap(), log)
+}
+
+#[test]
+fn every_kernel_family_on_every_instruction_set_gives_the_same_logits() {
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny-shakespeare").to_string();
+    let golden = golden_model().map(|p| p.to_str().unwrap().to_string());
+    // One token takes the GEMV paths, nine the multi-token ones.
+    let cases = [(demo.clone(), "82"), (demo, "82,79,77,69,79,58,10,73,32")]
+        .into_iter()
+        .chain(golden.map(|g| (g, "111,154,73,304,214,9,1,2")));
+    for (model, tokens) in cases {
+        let (reference, _) = logits_with(&model, tokens, "i2s", "scalar");
+        for kernel in ["i2s", "lut", "auto"] {
+            for isa in Isa::supported() {
+                let (bytes, log) = logits_with(&model, tokens, kernel, &isa.to_string());
+                assert!(bytes == reference, "{kernel}/{isa} on {model} {tokens}");
+                if kernel == "auto" {
+                    assert!(log.contains("kernel for"), "auto logs its choices: {log}");
+                }
+            }
+        }
+    }
+    let run = run_example_with_env(
+        "logits",
+        &["--tokens", "1"],
+        "",
+        &[("BITNET_KERNEL", "fast")],
+    );
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success() && log.contains("BITNET_KERNEL"),
+        "{log}"
+    );
 }

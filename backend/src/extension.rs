@@ -1,7 +1,7 @@
 //! The Burn backend extension: a ternary linear layer as a Burn op on Flex, NdArray and Autodiff.
 //!
-//! Packed weights live on the device as a `U8` int tensor `[n, k_padded / 4]` (so Burn records
-//! keep them) next to a [`TernaryLayout`]. Flex and NdArray read both tensors in place and build
+//! Packed weights (I2_S, or the LUT kernel's format) live on the device as a `U8` int tensor
+//! `[rows, k_padded / 4]` (so Burn records keep them) next to a [`TernaryLayout`]. Flex and NdArray read both tensors in place and build
 //! the output from the kernel's `Vec`; Autodiff adds the input gradient `dy · W`.
 
 #![allow(deprecated)] // NdArray is deprecated in Burn 0.22 but Burn users still run it.
@@ -19,8 +19,10 @@ use burn::backend::{
 use burn::tensor::{DType, Device, Int, Shape, Tensor, TensorData};
 
 use crate::error::{Result, TernaryError};
-use crate::i2s::{I2sView, I2sWeights, TernaryLayout};
+use crate::i2s::{I2sView, I2sWeights, PackedFormat, TernaryLayout};
 use crate::kernels::{Isa, ternary_linear as host_linear};
+use crate::lut::{LutView, LutWeights, lut_linear};
+use crate::select::KernelChoice;
 
 /// Ternary ops a backend provides.
 #[backend_extension(Flex, NdArray, Autodiff)]
@@ -48,10 +50,13 @@ pub trait TernaryOps: Backend {
 /// The host computation shared by every CPU backend: validated by [`TernaryWeight`] beforehand,
 /// so a failure here is a broken invariant, not bad user input.
 fn linear_on_host(x: &[f32], x_shape: &Shape, codes: &[u8], layout: TernaryLayout) -> TensorData {
-    let view = I2sView::new(layout, codes).expect("TernaryWeight validated the packed length");
     let m = x.len() / layout.k;
     let isa = Isa::selected().expect("ternary_linear checked BITNET_ISA before dispatch");
-    let y = host_linear(isa, view, x, m).expect("ternary_linear checked the input shape");
+    let y = match layout.format {
+        PackedFormat::I2s => I2sView::new(layout, codes).and_then(|w| host_linear(isa, w, x, m)),
+        PackedFormat::Lut => LutView::new(layout, codes).and_then(|w| lut_linear(isa, w, x, m)),
+    }
+    .expect("TernaryWeight validated the packed length and ternary_linear the input shape");
     let mut shape = x_shape.clone();
     let last = shape.len() - 1;
     shape[last] = layout.n;
@@ -59,8 +64,12 @@ fn linear_on_host(x: &[f32], x_shape: &Shape, codes: &[u8], layout: TernaryLayou
 }
 
 fn dequantize_on_host(codes: &[u8], layout: TernaryLayout) -> TensorData {
-    let view = I2sView::new(layout, codes).expect("TernaryWeight validated the packed length");
-    TensorData::new(view.dequantize(), [layout.n, layout.k])
+    let values = match layout.format {
+        PackedFormat::I2s => I2sView::new(layout, codes).map(|w| w.dequantize()),
+        PackedFormat::Lut => LutView::new(layout, codes).map(|w| w.dequantize()),
+    }
+    .expect("TernaryWeight validated the packed length");
+    TensorData::new(values, [layout.n, layout.k])
 }
 
 fn flex_slice<E: burn::tensor::Element + bytemuck::Pod>(
@@ -193,17 +202,35 @@ pub struct TernaryWeight {
 impl TernaryWeight {
     /// Uploads host-packed weights to `device` as a `U8` tensor.
     pub fn from_i2s(weights: &I2sWeights, device: &Device) -> Self {
-        let layout = weights.layout();
-        let data = TensorData::new(weights.codes().to_vec(), [layout.n, layout.row_bytes()]);
+        Self::upload(weights.layout(), weights.codes(), device)
+    }
+
+    /// Uploads weights in the LUT kernel's format.
+    pub fn from_lut(weights: &LutWeights, device: &Device) -> Self {
+        Self::upload(weights.layout(), weights.bytes(), device)
+    }
+
+    /// Uploads I2_S weights in the format `BITNET_KERNEL` picks for them (`auto`: the faster
+    /// kernel family on this shape, measured once per shape).
+    pub fn from_i2s_selected(weights: &I2sWeights, device: &Device) -> Result<Self> {
+        Ok(match KernelChoice::selected()?.format_for(weights)? {
+            PackedFormat::I2s => Self::from_i2s(weights, device),
+            PackedFormat::Lut => Self::from_lut(&LutWeights::from_i2s(weights.view()), device),
+        })
+    }
+
+    fn upload(layout: TernaryLayout, bytes: &[u8], device: &Device) -> Self {
+        let data = TensorData::new(bytes.to_vec(), [layout.packed_rows(), layout.row_bytes()]);
         Self {
             packed: Tensor::from_data(data, (device, DType::U8)),
             layout,
         }
     }
 
-    /// Wraps a `U8` tensor of I2_S codes `[n, k_padded / 4]` (a loaded module parameter).
+    /// Wraps a `U8` tensor of packed weights `[packed_rows, k_padded / 4]` in the layout's format
+    /// (a loaded module parameter).
     pub fn new(packed: Tensor<2, Int>, layout: TernaryLayout) -> Result<Self> {
-        let expected = [layout.n, layout.row_bytes()];
+        let expected = [layout.packed_rows(), layout.row_bytes()];
         if packed.dims() != expected {
             return Err(TernaryError::Shape(format!(
                 "packed ternary weights are {:?}, expected {expected:?} for n={}, k={}",
@@ -226,9 +253,24 @@ impl TernaryWeight {
         self.layout
     }
 
-    /// The packed codes.
+    /// The packed bytes.
     pub fn packed(&self) -> &Tensor<2, Int> {
         &self.packed
+    }
+
+    /// The weights read back to the host in I2_S, whatever their format on the device.
+    pub fn to_i2s(&self) -> Result<I2sWeights> {
+        let bytes = self
+            .packed
+            .clone()
+            .into_data()
+            .convert::<u8>()
+            .into_vec::<u8>()
+            .map_err(|e| TernaryError::Shape(format!("reading packed weights back: {e:?}")))?;
+        match self.layout.format {
+            PackedFormat::I2s => I2sWeights::from_codes(self.layout, bytes),
+            PackedFormat::Lut => LutWeights::from_bytes(self.layout, bytes)?.to_i2s(),
+        }
     }
 
     /// The dequantized float weights.

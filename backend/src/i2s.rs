@@ -48,6 +48,27 @@ impl ScaleConvention {
     }
 }
 
+/// How the packed bytes of a ternary matrix are laid out, which decides the kernel family.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+pub enum PackedFormat {
+    /// bitnet.cpp's I2_S: 2-bit codes, `[n, k_padded / 4]`.
+    #[default]
+    I2s,
+    /// The LUT kernel's pattern indices ([`crate::lut`]), rows padded to whole tiles.
+    Lut,
+}
+
+impl std::fmt::Display for PackedFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::I2s => "i2s",
+            Self::Lut => "lut",
+        })
+    }
+}
+
 /// Shape and scale of a packed ternary matrix: everything but the codes themselves.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TernaryLayout {
@@ -62,6 +83,9 @@ pub struct TernaryLayout {
     /// How the activations feeding this matrix compute their scale (HF and bitnet.cpp differ in
     /// the last bit; [`TernaryLayout::new`] picks HF's rule).
     pub activation: ActivationScale,
+    /// How the packed bytes are laid out ([`TernaryLayout::new`] picks I2_S).
+    #[serde(default)]
+    pub format: PackedFormat,
 }
 
 impl TernaryLayout {
@@ -78,6 +102,7 @@ impl TernaryLayout {
             scale,
             convention,
             activation: ActivationScale::default(),
+            format: PackedFormat::I2s,
         };
         n.checked_mul(layout.k_padded())
             .ok_or_else(|| TernaryError::Dimension(format!("n={n} x k={k} overflows")))?;
@@ -101,9 +126,22 @@ impl TernaryLayout {
         self.k_padded() / 4
     }
 
+    /// The same layout with the bytes in another format.
+    pub fn with_format(self, format: PackedFormat) -> Self {
+        Self { format, ..self }
+    }
+
+    /// Rows of packed bytes: `n`, or for the LUT format `n` rounded up to whole tiles.
+    pub fn packed_rows(&self) -> usize {
+        match self.format {
+            PackedFormat::I2s => self.n,
+            PackedFormat::Lut => self.n.div_ceil(crate::lut::TILE_ROWS) * crate::lut::TILE_ROWS,
+        }
+    }
+
     /// Packed bytes of the whole matrix (without bitnet.cpp's tail).
     pub fn packed_len(&self) -> usize {
-        self.n * self.row_bytes()
+        self.packed_rows() * self.row_bytes()
     }
 }
 
@@ -142,6 +180,12 @@ pub struct I2sView<'a> {
 impl<'a> I2sView<'a> {
     /// Checks that `codes` holds exactly the packed bytes `layout` describes.
     pub fn new(layout: TernaryLayout, codes: &'a [u8]) -> Result<Self> {
+        if layout.format != PackedFormat::I2s {
+            return Err(TernaryError::Shape(format!(
+                "an I2_S view of weights in the {} format",
+                layout.format
+            )));
+        }
         if codes.len() != layout.packed_len() {
             return Err(TernaryError::Length {
                 what: "I2_S codes",

@@ -14,10 +14,12 @@ pub mod i2s;
 pub mod kernels;
 pub mod lut;
 pub mod quant;
+pub mod select;
 
 pub use error::{Result, TernaryError};
 pub use extension::{TernaryLinearExt, TernaryOps, TernaryWeight, ternary_linear};
-pub use i2s::{I2sView, I2sWeights, ScaleConvention, TernaryLayout};
+pub use i2s::{I2sView, I2sWeights, PackedFormat, ScaleConvention, TernaryLayout};
 pub use kernels::Isa;
-pub use lut::LutWeights;
+pub use lut::{LutView, LutWeights};
 pub use quant::{ActivationScale, QuantizedActivations};
+pub use select::KernelChoice;

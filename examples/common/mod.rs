@@ -48,3 +48,9 @@ pub fn exit_on_error(result: anyhow::Result<()>) {
         std::process::exit(1);
     }
 }
+
+/// Logs to stderr, filtered by `RUST_LOG` (warnings only by default); `RUST_LOG=debug` shows,
+/// for instance, which kernel family each weight shape runs.
+pub fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+}

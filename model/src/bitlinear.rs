@@ -144,7 +144,8 @@ impl BitLinear {
                 )));
             }
         }
-        let uploaded = TernaryWeight::from_i2s(weights, device);
+        let uploaded = TernaryWeight::from_i2s_selected(weights, device)?;
+        let layout = uploaded.layout();
         Ok(Self {
             weights: TernaryParam::Packed(Param::initialized(
                 ParamId::new(),
@@ -191,17 +192,10 @@ impl BitLinear {
         }
     }
 
-    /// The packed weights read back to the host (what an exporter writes).
+    /// The packed weights read back to the host in I2_S (what an exporter writes), whichever
+    /// kernel format the layer runs.
     pub fn to_i2s(&self) -> crate::error::Result<I2sWeights> {
-        let codes = self
-            .weight()?
-            .packed()
-            .clone()
-            .into_data()
-            .convert::<u8>()
-            .try_to_vec::<u8>()
-            .map_err(|e| ModelError::Unsupported(format!("reading packed codes back: {e:?}")))?;
-        Ok(I2sWeights::from_codes(self.layout, codes)?)
+        Ok(self.weight()?.to_i2s()?)
     }
 
     /// Turns a trainable layer into the packed inference layer its forward pass emulates (a

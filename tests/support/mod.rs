@@ -22,11 +22,22 @@ pub fn golden_model() -> Option<PathBuf> {
 /// Runs example `name`: `cargo test` builds examples beside the test binaries,
 /// in `target/<profile>/examples`.
 pub fn run_example(name: &str, args: &[&str], stdin: &str) -> Output {
+    run_example_with_env(name, args, stdin, &[])
+}
+
+/// [`run_example`] with extra environment variables.
+pub fn run_example_with_env(
+    name: &str,
+    args: &[&str],
+    stdin: &str,
+    env: &[(&str, &str)],
+) -> Output {
     use std::io::Write;
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
     let mut child = Command::new(profile_dir.join("examples").join(name))
         .args(args)
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -20,7 +20,7 @@ mod scalar;
 use rayon::prelude::*;
 
 use crate::error::{Result, TernaryError};
-use crate::i2s::{I2sView, I2sWeights, TernaryLayout};
+use crate::i2s::{I2sView, I2sWeights, PackedFormat, TernaryLayout};
 use crate::kernels::{Isa, check_activations, finish_linear};
 use crate::quant::QuantizedActivations;
 
@@ -65,9 +65,9 @@ pub struct LutWeights {
 }
 
 impl LutWeights {
-    /// Bytes of the LUT layout of a matrix with this layout (rows padded to whole tiles).
+    /// Bytes of the LUT layout of a matrix with this shape (rows padded to whole tiles).
     pub fn packed_len(layout: &TernaryLayout) -> usize {
-        layout.n.div_ceil(TILE_ROWS) * TILE_ROWS * layout.row_bytes()
+        layout.with_format(PackedFormat::Lut).packed_len()
     }
 
     /// Storage per real weight, in bits (2, plus the row padding of the last tile).
@@ -77,7 +77,7 @@ impl LutWeights {
 
     /// Regroups I2_S weights into table indices.
     pub fn from_i2s(w: I2sView<'_>) -> Self {
-        let layout = w.layout;
+        let layout = w.layout.with_format(PackedFormat::Lut);
         let byte_columns = layout.row_bytes();
         let mut indices = vec![ZERO_PATTERN * 0x11; Self::packed_len(&layout)];
         let value = |r: usize, c: usize| if c < layout.k { w.value(r, c) } else { 0 };
@@ -96,6 +96,7 @@ impl LutWeights {
 
     /// Takes bytes in the LUT layout, checking their length and that every index is a pattern.
     pub fn from_bytes(layout: TernaryLayout, indices: Vec<u8>) -> Result<Self> {
+        let layout = layout.with_format(PackedFormat::Lut);
         LutView::new(layout, &indices)?;
         if let Some(index) = indices.iter().position(|b| b & 0x0f > 8 || b >> 4 > 8) {
             return Err(TernaryError::InvalidTernary {
@@ -149,6 +150,12 @@ impl<'a> LutView<'a> {
     /// Checks the length (the patterns are checked where untrusted bytes come in:
     /// [`LutWeights::from_bytes`]).
     pub fn new(layout: TernaryLayout, indices: &'a [u8]) -> Result<Self> {
+        if layout.format != PackedFormat::Lut {
+            return Err(TernaryError::Shape(format!(
+                "a LUT view of weights in the {} format",
+                layout.format
+            )));
+        }
         let expected = LutWeights::packed_len(&layout);
         if indices.len() != expected {
             return Err(TernaryError::Length {
