@@ -1,5 +1,5 @@
 //! Which kernel family runs a layer: `BITNET_KERNEL=i2s|lut|auto`, where `auto` times both on
-//! each distinct weight shape once and keeps the faster.
+//! each distinct weight shape and token-count class once and keeps the faster.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -63,8 +63,12 @@ impl KernelChoice {
     }
 }
 
-/// Decode (one token) dominates generation, so `auto` decides on the one-token time; results
-/// are kept per `(n, k)` so each distinct shape is measured once per process.
+/// Token-count classes `auto` times: decode (one token) and prefill (a batch of tokens).
+const TOKEN_CLASSES: [usize; 2] = [1, 16];
+
+/// A layer holds one format, so `auto` keeps LUT only where it is faster for every token-count
+/// class (no class gets slower than I2_S); results are kept per `(n, k)` so each distinct shape
+/// is measured once per process.
 fn measured_format(weights: &I2sWeights) -> Result<PackedFormat> {
     static CHOICES: OnceLock<Mutex<HashMap<(usize, usize), PackedFormat>>> = OnceLock::new();
     let layout = weights.layout();
@@ -74,22 +78,29 @@ fn measured_format(weights: &I2sWeights) -> Result<PackedFormat> {
         return Ok(*format);
     }
     let isa = Isa::selected()?;
-    let x: Vec<f32> = (0..layout.k)
-        .map(|c| ((c * 7919) % 255) as f32 - 127.0)
-        .collect();
-    let xq = QuantizedActivations::new(&x, 1, layout.k, layout.k_padded(), layout.activation);
     let lut = LutWeights::from_i2s(weights.view());
-    let i2s_time = fastest(|| ternary_linear_quantized(isa, weights.view(), &xq).map(drop))?;
-    let lut_time = fastest(|| lut_linear_quantized(isa, lut.view(), &xq).map(drop))?;
-    let format = if lut_time < i2s_time {
+    let mut lut_wins = true;
+    let mut timings = Vec::new();
+    for m in TOKEN_CLASSES {
+        let x: Vec<f32> = (0..m * layout.k)
+            .map(|c| ((c * 7919) % 255) as f32 - 127.0)
+            .collect();
+        let xq = QuantizedActivations::new(&x, m, layout.k, layout.k_padded(), layout.activation);
+        let i2s_time = fastest(|| ternary_linear_quantized(isa, weights.view(), &xq).map(drop))?;
+        let lut_time = fastest(|| lut_linear_quantized(isa, lut.view(), &xq).map(drop))?;
+        lut_wins &= lut_time < i2s_time;
+        timings.push(format!("m={m}: i2s {i2s_time:?}, lut {lut_time:?}"));
+    }
+    let format = if lut_wins {
         PackedFormat::Lut
     } else {
         PackedFormat::I2s
     };
     log::debug!(
-        "kernel for {}x{} ({isa}): i2s {i2s_time:?}, lut {lut_time:?} per token -> {format}",
+        "kernel for {}x{} ({isa}): {} -> {format}",
         layout.n,
-        layout.k
+        layout.k,
+        timings.join("; ")
     );
     choices
         .lock()
