@@ -7,10 +7,9 @@
 //! Text streams to stdout; logs and the statistics line go to stderr.
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use bitnet_import::{Family, load_hf_model, load_tokenizer, read_config};
+use bitnet_import::{Family, read_config};
 use bitnet_model::{
     ChatTemplate, Conversation, GenerateOptions, Sampler, SamplerConfig, Session, Tokenizer,
     TurnText,
@@ -18,18 +17,13 @@ use bitnet_model::{
 use clap::Parser;
 
 mod common;
-use common::Backend;
+use common::{ModelArgs, RunArgs};
 
 /// Generate text with a ternary model.
 #[derive(Debug, Parser)]
 struct Args {
-    /// HF model directory (config.json + model.safetensors + tokenizer.json); default: the
-    /// bundled demo model (a byte-level BitNet trained on Tiny Shakespeare).
-    #[arg(short, long)]
-    model: Option<PathBuf>,
-    /// Tokenizer to use instead of the model's: a directory, tokenizer.json or GGUF file.
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// The prompt (in conversation mode: the system prompt); the demo model's default is
     /// `ROMEO:`.
     #[arg(short, long, default_value = "")]
@@ -37,9 +31,6 @@ struct Args {
     /// Maximum number of new tokens (per turn in conversation mode).
     #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
     n_predict: usize,
-    /// Threads for the kernels and float parts (default: all cores).
-    #[arg(short, long)]
-    threads: Option<usize>,
     /// Context size in tokens (default: the model's trained context, at most 2048).
     #[arg(short = 'c', long = "ctx-size")]
     ctx_size: Option<usize>,
@@ -70,16 +61,14 @@ struct Args {
     /// Chat template: `bitnet`, `llama3` or a Jinja file (default: the model's own).
     #[arg(long)]
     chat_template: Option<String>,
-    /// Burn backend.
-    #[arg(long, value_enum, default_value = "flex")]
-    device: Backend,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 /// What the demo model continues when no prompt is given.
 const DEMO_PROMPT: &str = "ROMEO:";
 
 fn main() {
-    common::init_logging();
     // llama-cli spells conversation mode `-cnv`; clap takes single-dash long flags only as
     // short clusters, so the spelling is rewritten before parsing.
     let argv = std::env::args().map(|a| {
@@ -89,22 +78,16 @@ fn main() {
             a
         }
     });
-    common::exit_on_error(run(Args::parse_from(argv)));
+    common::run_main(argv, run);
 }
 
 fn run(args: Args) -> Result<()> {
     let mut args = args;
-    let model_dir = match &args.model {
-        Some(dir) => dir.clone(),
-        None => {
-            if args.prompt.is_empty() && !args.conversation {
-                args.prompt = DEMO_PROMPT.into();
-            }
-            common::demo_model_dir()
-        }
-    };
-    common::init_threads(args.threads)?;
-    let device = args.device.device();
+    if args.model.model.is_none() && args.prompt.is_empty() && !args.conversation {
+        args.prompt = DEMO_PROMPT.into();
+    }
+    let model_dir = args.model.dir();
+    let device = args.run.init()?;
     let (config, family) = read_config(&model_dir)?;
     let ctx_size = args
         .ctx_size
@@ -112,9 +95,8 @@ fn run(args: Args) -> Result<()> {
     if ctx_size == 0 {
         bail!("--ctx-size must be at least 1");
     }
-    let model = load_hf_model(&model_dir, &device)
-        .with_context(|| format!("loading {}", model_dir.display()))?;
-    let tokenizer = load_tokenizer(args.tokenizer.as_ref().unwrap_or(&model_dir))?;
+    let model = common::load_model(&model_dir, &device)?;
+    let tokenizer = args.model.tokenizer()?;
     let seed = args.seed.unwrap_or_else(rand_seed);
     let mut sampler = Sampler::new(SamplerConfig {
         temperature: args.temp,

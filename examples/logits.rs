@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example logits -- --model DIR --tokens 1,2,3 [--out FILE.safetensors]
+//! cargo run --release --example logits -- --text "ROMEO:"
 //! ```
 //! Prints the argmax of every position; with `--out`, writes the f32 logits `[T, vocab]` under
 //! the key `logits` for evaluation scripts.
@@ -9,47 +10,50 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use bitnet_import::load_hf_model;
 use burn::tensor::{Int, Tensor, TensorData};
 use clap::Parser;
 
 mod common;
-use common::Backend;
+use common::{ModelArgs, RunArgs};
 use safetensors::{Dtype, tensor::TensorView};
 
 /// Logits of a token sequence (one forward pass, batch 1).
 #[derive(Debug, Parser)]
 struct Args {
-    /// HF model directory (config.json + model.safetensors); default: the bundled demo model.
-    #[arg(short, long)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Comma-separated token ids, e.g. 1,2,3.
-    #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+    #[arg(long, value_delimiter = ',', num_args = 1.., required_unless_present = "text", conflicts_with = "text")]
     tokens: Vec<i64>,
+    /// Text to tokenize with the model's tokenizer instead of `--tokens`.
+    #[arg(long)]
+    text: Option<String>,
     /// Write the logits [T, vocab] (f32) to this safetensors file under the key `logits`.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Threads for the kernels and float parts (default: all cores).
-    #[arg(short, long)]
-    threads: Option<usize>,
-    /// Burn backend.
-    #[arg(long, value_enum, default_value = "flex")]
-    device: Backend,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 fn main() {
-    common::init_logging();
-    common::exit_on_error(run(Args::parse()));
+    common::run_main(std::env::args(), run);
 }
 
 fn run(args: Args) -> Result<()> {
-    common::init_threads(args.threads)?;
-    let device = args.device.device();
-    let model_dir = args.model.unwrap_or_else(common::demo_model_dir);
-    let model = load_hf_model(&model_dir, &device)
-        .with_context(|| format!("loading {}", model_dir.display()))?;
-    let len = args.tokens.len();
-    let tokens = Tensor::<2, Int>::from_data(TensorData::new(args.tokens, [1, len]), &device);
+    let device = args.run.init()?;
+    let model = common::load_model(&args.model.dir(), &device)?;
+    let ids = match &args.text {
+        Some(text) => {
+            let ids = args.model.tokenizer()?.encode(text, true)?;
+            ids.into_iter().map(i64::from).collect()
+        }
+        None => args.tokens,
+    };
+    let len = ids.len();
+    if len == 0 {
+        anyhow::bail!("--text gives no tokens");
+    }
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, len]), &device);
     let logits = model.forward_full(tokens)?;
     let vocab = model.config.vocab_size;
     let values: Vec<f32> = logits

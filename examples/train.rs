@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 // Shared by all examples; this one has no use for the demo model's location.
 #[allow(dead_code)]
 mod common;
-use common::Backend;
+use common::RunArgs;
 
 /// Train a ternary byte-level language model with the straight-through estimator.
 #[derive(Debug, Clone, Parser, Serialize, Deserialize)]
@@ -84,18 +84,10 @@ struct Args {
     /// Seed of the initialization and of the batch order.
     #[arg(long, default_value_t = 1337)]
     seed: u64,
-    /// Threads (default: all cores).
-    #[arg(short, long)]
+    /// Where to run (the device gets autodiff); not part of the checkpoint.
+    #[command(flatten)]
     #[serde(skip)]
-    threads: Option<usize>,
-    /// Burn backend (run with autodiff).
-    #[arg(long, value_enum, default_value = "flex")]
-    #[serde(skip, default = "flex")]
-    device: Backend,
-}
-
-fn flex() -> Backend {
-    Backend::Flex
+    run: RunArgs,
 }
 
 /// What a checkpoint records besides the model and optimizer tensors.
@@ -111,22 +103,19 @@ struct TrainState {
 }
 
 fn main() {
-    common::init_logging();
-    common::exit_on_error(run(Args::parse()));
+    common::run_main(std::env::args(), run);
 }
 
 fn run(args: Args) -> Result<()> {
-    common::init_threads(args.threads)?;
+    let device = args.run.init()?.autodiff();
     let checkpoint = args.out.join("checkpoint");
-    let device = args.device.device().autodiff();
     let (args, mut state) = if args.resume {
         let state: TrainState = read_json(&checkpoint.join("state.json"))?;
         let resumed = Args {
             data: args.data,
             out: args.out,
             resume: true,
-            threads: args.threads,
-            device: args.device,
+            run: args.run,
             ..state.args.clone()
         };
         (resumed, state)

@@ -102,3 +102,24 @@ fn every_kernel_family_on_every_instruction_set_gives_the_same_logits() {
         "{log}"
     );
 }
+
+#[test]
+fn text_is_tokenized_with_the_model_tokenizer() {
+    let run = logits(&["--text", "ROMEO:"]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        stdout.lines().count(),
+        6,
+        "one byte-level token per byte: {stdout}"
+    );
+    let run = logits(&["--text", "x", "--tokens", "1"]);
+    assert!(
+        !run.status.success(),
+        "--text and --tokens exclude each other"
+    );
+}

@@ -1,5 +1,9 @@
-//! What the examples share: the `--device` choice.
+//! What the examples share: where the work runs (`-t`, `--device`), the demo model, logging and
+//! one-line errors.
 
+use std::path::PathBuf;
+
+use bitnet_model::{BitNetModel, Tokenizer};
 use burn::tensor::Device;
 use clap::ValueEnum;
 
@@ -21,9 +25,37 @@ impl Backend {
     }
 }
 
+/// `-t/--threads` and `--device`, flattened into every example's arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Threads for the kernels and float parts (default: all cores).
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+    /// Burn backend.
+    #[arg(long, value_enum, default_value = "flex")]
+    pub device: Backend,
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        Self {
+            threads: None,
+            device: Backend::Flex,
+        }
+    }
+}
+
+impl RunArgs {
+    /// Sizes the thread pool and returns the device.
+    pub fn init(&self) -> anyhow::Result<Device> {
+        init_threads(self.threads)?;
+        Ok(self.device.device())
+    }
+}
+
 /// Sizes the global rayon pool that the kernels and Burn's CPU backends share (`None`: all
 /// cores).
-pub fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
+fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
     let Some(threads) = threads else {
         return Ok(());
     };
@@ -42,7 +74,7 @@ pub fn demo_model_dir() -> std::path::PathBuf {
 }
 
 /// Prints a failed run's error chain on one line and exits with status 1.
-pub fn exit_on_error(result: anyhow::Result<()>) {
+fn exit_on_error(result: anyhow::Result<()>) {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -51,6 +83,47 @@ pub fn exit_on_error(result: anyhow::Result<()>) {
 
 /// Logs to stderr, filtered by `RUST_LOG` (warnings only by default); `RUST_LOG=debug` shows,
 /// for instance, which kernel family each weight shape runs.
-pub fn init_logging() {
+fn init_logging() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+}
+
+/// `-m/--model` and `--tokenizer`, for the examples that turn text into tokens.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// HF model directory (config.json + model.safetensors + tokenizer.json); default: the
+    /// bundled demo model (a byte-level BitNet trained on Tiny Shakespeare).
+    #[arg(short, long)]
+    pub model: Option<PathBuf>,
+    /// Tokenizer to use instead of the model's: a directory, tokenizer.json or GGUF file.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// The model directory: `-m`, else the demo model.
+    pub fn dir(&self) -> PathBuf {
+        self.model.clone().unwrap_or_else(demo_model_dir)
+    }
+
+    /// `--tokenizer`, else the model directory's own.
+    pub fn tokenizer(&self) -> anyhow::Result<Tokenizer> {
+        Ok(bitnet_import::load_tokenizer(
+            &self.tokenizer.clone().unwrap_or_else(|| self.dir()),
+        )?)
+    }
+}
+
+/// Loads an HF model directory onto `device`, naming the directory in any error.
+pub fn load_model(dir: &std::path::Path, device: &Device) -> anyhow::Result<BitNetModel> {
+    use anyhow::Context;
+    bitnet_import::load_hf_model(dir, device).with_context(|| format!("loading {}", dir.display()))
+}
+
+/// The example's `main`: logging set up, `argv` parsed, errors printed on one line.
+pub fn run_main<A: clap::Parser>(
+    argv: impl IntoIterator<Item = String>,
+    run: impl FnOnce(A) -> anyhow::Result<()>,
+) {
+    init_logging();
+    exit_on_error(run(A::parse_from(argv)));
 }

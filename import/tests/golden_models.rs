@@ -11,7 +11,7 @@ use bitnet_backend::Isa;
 use bitnet_backend::QuantizedActivations;
 use bitnet_backend::kernels::ternary_matmul_i32;
 use bitnet_import::load_hf_model;
-use bitnet_model::{BitLinear, BitNetModel, KvCache};
+use bitnet_model::{BitLinear, BitNetModel, KvCache, token_nll};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use common::{Golden, golden_dir};
 
@@ -345,6 +345,40 @@ fn rope_frequencies_equal_the_checkpoint_buffer() {
                 "{}: inv_freq {g} vs {w}",
                 case.name
             );
+        }
+    }
+}
+
+#[test]
+fn perplexity_nll_equals_the_one_from_the_golden_logits() {
+    let Some(cases) = cases() else { return };
+    for case in &cases {
+        let model = load(&case.model_dir, &Device::flex());
+        // A one-token sequence has nothing to predict.
+        for seq in case.sequences.iter().filter(|s| s.input_ids.len() > 1) {
+            let ids: Vec<u32> = seq.input_ids.iter().map(|&t| t as u32).collect();
+            let golden = case.golden.f32(&format!("{}.logits", seq.id));
+            let vocab = golden.len() / ids.len();
+            // -log softmax(golden logits of position j - 1)[token j], in f64.
+            let want: Vec<f64> = (1..ids.len())
+                .map(|j| {
+                    let row = &golden[(j - 1) * vocab..j * vocab];
+                    let max = row.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
+                    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+                    max + sum.ln() - row[ids[j] as usize] as f64
+                })
+                .collect();
+            let got = token_nll(&model, &ids, 1).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            assert_eq!(got.len(), want.len());
+            for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-3,
+                    "{} {} token {}: nll {g} vs golden {w}",
+                    case.name,
+                    seq.id,
+                    j + 1
+                );
+            }
         }
     }
 }

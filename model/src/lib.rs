@@ -20,6 +20,7 @@ pub mod feed_forward;
 pub mod generate;
 pub mod model;
 pub mod norm;
+pub mod perplexity;
 pub mod rope;
 pub mod sampling;
 pub mod tokenizer;
@@ -35,6 +36,7 @@ pub use feed_forward::FeedForward;
 pub use generate::{GenerateOptions, Generation, GenerationStats, Session, StopReason};
 pub use model::{BitNetModel, DecoderLayer, HiddenStates};
 pub use norm::{RmsNorm, RmsNormConfig};
+pub use perplexity::{Window, perplexity, token_nll, windows};
 pub use rope::RotaryEmbedding;
 pub use sampling::{Sampler, SamplerConfig};
 pub use tokenizer::{
