@@ -95,6 +95,27 @@ impl BitNetConfig {
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
+    /// Parameters of the model as its reference counts them (every ternary weight one parameter,
+    /// whatever its packing), so the figure matches the model card and llama-bench.
+    pub fn num_parameters(&self) -> usize {
+        let (h, ffn) = (self.hidden_size, self.intermediate_size);
+        let q_width = self.num_attention_heads * self.head_dim();
+        let kv_width = self.num_key_value_heads * self.head_dim();
+        let norms = 2 * h + if self.sub_norms { q_width + ffn } else { 0 };
+        let per_projection_norms = if self.linear.rms_norm_eps.is_some() {
+            3 * h + q_width + 2 * h + ffn
+        } else {
+            0
+        };
+        let layer = h * (2 * q_width + 2 * kv_width) + 3 * h * ffn + norms + per_projection_norms;
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * h
+        };
+        self.num_hidden_layers * layer + self.vocab_size * h + head + h
+    }
+
     /// Checks that the dimensions describe a model the layers can build.
     pub fn validate(&self) -> crate::error::Result<()> {
         let fail = |msg: String| Err(ModelError::Config(msg));

@@ -155,3 +155,12 @@ fn straight_through_training_lowers_the_loss_and_survives_packing() {
         "trained",
     );
 }
+
+#[test]
+fn parameter_count_matches_the_trainable_module() {
+    use burn::module::Module;
+    for config in [config_2b4t(), config_llama()] {
+        let model = config.init_trainable(&Device::flex()).unwrap();
+        assert_eq!(config.num_parameters(), model.num_params());
+    }
+}

@@ -1,0 +1,196 @@
+//! End-to-end speed like llama-bench and bitnet.cpp's e2e_benchmark.py: prompt processing
+//! (`ppP`: one batched prefill of P tokens) and text generation (`tgN`: N one-token decode
+//! steps), per thread count, after a warm-up.
+//!
+//! ```text
+//! cargo run --release --example bench -- -m DIR -p 128 -n 64 -t 1,2 -r 5 [--json]
+//! ```
+//! The markdown table (or, with `--json`, an array of
+//! `{"test", "threads", "mean_tps", "sd_tps", "reps", ...}`) goes to stdout.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use bitnet_model::BitNetModel;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use clap::Parser;
+use serde_json::{Value, json};
+
+// Shared by all examples; this one takes a list of thread counts instead of `RunArgs`.
+#[allow(dead_code)]
+mod common;
+use common::{Backend, ModelArgs};
+
+/// Prefill and decode throughput of a ternary model.
+#[derive(Debug, Parser)]
+struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt tokens of the prefill test (0: skip it).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
+    n_prompt: usize,
+    /// Generated tokens of the decode test (0: skip it).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 64)]
+    n_gen: usize,
+    /// Thread counts to test, e.g. 1,2.
+    #[arg(short, long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+    /// Timed repetitions of each test (after one warm-up run).
+    #[arg(short, long, default_value_t = 5)]
+    repetitions: usize,
+    /// Print a JSON array instead of the markdown table.
+    #[arg(long)]
+    json: bool,
+    /// Burn backend.
+    #[arg(long, value_enum, default_value = "flex")]
+    device: Backend,
+}
+
+fn main() {
+    common::run_main(std::env::args(), run);
+}
+
+fn run(args: Args) -> Result<()> {
+    if args.threads.contains(&0) || args.threads.is_empty() {
+        bail!("-t/--threads needs thread counts of at least 1");
+    }
+    if args.repetitions == 0 {
+        bail!("-r/--repetitions must be at least 1");
+    }
+    if args.n_prompt == 0 && args.n_gen == 0 {
+        bail!("nothing to run: -p and -n are both 0");
+    }
+    let device = args.device.device();
+    let dir = args.model.dir();
+    let model = common::load_model(&dir, &device)?;
+    let model_bytes = directory_bytes(&dir)?;
+    let tests: Vec<(String, usize, bool)> = [
+        (format!("pp{}", args.n_prompt), args.n_prompt, true),
+        (format!("tg{}", args.n_gen), args.n_gen, false),
+    ]
+    .into_iter()
+    .filter(|(_, tokens, _)| *tokens > 0)
+    .collect();
+
+    let mut rows = Vec::new();
+    for &threads in &args.threads {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .context("building the thread pool")?;
+        for (name, tokens, prefill) in &tests {
+            let run_once = || {
+                if *prefill {
+                    time_prefill(&model, *tokens, &device)
+                } else {
+                    time_decode(&model, *tokens, &device)
+                }
+            };
+            pool.install(run_once)?;
+            let rates = (0..args.repetitions)
+                .map(|_| pool.install(run_once).map(|secs| *tokens as f64 / secs))
+                .collect::<Result<Vec<_>>>()?;
+            let (mean, sd) = mean_sd(&rates);
+            rows.push(json!({
+                "model": dir,
+                "model_bytes": model_bytes,
+                "params": model.config.num_parameters(),
+                "backend": format!("{:?}", args.device).to_lowercase(),
+                "test": name,
+                "threads": threads,
+                "mean_tps": mean,
+                "sd_tps": sd,
+                "reps": args.repetitions,
+            }));
+        }
+    }
+    let rss = peak_rss_bytes();
+    for row in &mut rows {
+        row["peak_rss_bytes"] = json!(rss);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print_table(&rows, model_bytes, rss);
+    }
+    Ok(())
+}
+
+/// Seconds for one prefill of `tokens` tokens into an empty cache.
+fn time_prefill(model: &BitNetModel, tokens: usize, device: &Device) -> Result<f64> {
+    let vocab = model.config.vocab_size as i64;
+    let ids: Vec<i64> = (0..tokens as i64).map(|i| (i * 7 + 1) % vocab).collect();
+    let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, tokens]), device);
+    let mut cache = model.new_cache(1, tokens);
+    let start = Instant::now();
+    model.forward_last(input, &mut cache)?.into_data();
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Seconds for `tokens` one-token decode steps from an empty cache.
+fn time_decode(model: &BitNetModel, tokens: usize, device: &Device) -> Result<f64> {
+    let mut cache = model.new_cache(1, tokens);
+    let vocab = model.config.vocab_size as i64;
+    let start = Instant::now();
+    for step in 0..tokens as i64 {
+        let input = Tensor::<2, Int>::from_data(
+            TensorData::new(vec![(step * 7 + 1) % vocab], [1, 1]),
+            device,
+        );
+        model.forward_last(input, &mut cache)?.into_data();
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn mean_sd(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
+
+fn directory_bytes(dir: &Path) -> Result<u64> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let mut total = 0;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().ends_with(".safetensors") {
+            total += entry.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
+/// `VmHWM` of this process (Linux), in bytes.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn print_table(rows: &[Value], model_bytes: u64, rss: Option<u64>) {
+    println!("| model | size | params | backend | threads | test | t/s |");
+    println!("|---|---:|---:|---|---:|---|---:|");
+    for row in rows {
+        let model = Path::new(row["model"].as_str().unwrap_or(""))
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        println!(
+            "| {model} | {:.2} MiB | {} | {} | {} | {} | {:.2} ± {:.2} |",
+            model_bytes as f64 / (1 << 20) as f64,
+            row["params"],
+            row["backend"].as_str().unwrap_or(""),
+            row["threads"],
+            row["test"].as_str().unwrap_or(""),
+            row["mean_tps"].as_f64().unwrap_or(0.0),
+            row["sd_tps"].as_f64().unwrap_or(0.0),
+        );
+    }
+    if let Some(rss) = rss {
+        eprintln!("peak RSS: {:.1} MiB", rss as f64 / (1 << 20) as f64);
+    }
+}

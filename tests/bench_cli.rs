@@ -1,0 +1,56 @@
+//! The `bench` example on the bundled demo model: the JSON scripts read, and bad flags.
+
+mod support;
+
+use support::run_example;
+
+#[test]
+fn bench_reports_prefill_and_decode_per_thread_count() {
+    let args = ["-p", "16", "-n", "4", "-t", "1,2", "-r", "2", "--json"];
+    let out = run_example("bench", &args, "");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    let tests: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["test"].as_str().unwrap().to_string(),
+                r["threads"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want = [("pp16", 1), ("tg4", 1), ("pp16", 2), ("tg4", 2)];
+    assert_eq!(tests, want.map(|(t, n)| (t.to_string(), n)));
+    for row in rows {
+        assert!(row["mean_tps"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["sd_tps"].as_f64().unwrap() >= 0.0, "{row}");
+        assert_eq!(row["reps"], 2);
+        assert!(row["model_bytes"].as_u64().unwrap() > 1_000_000, "{row}");
+    }
+
+    let table = run_example("bench", &["-p", "8", "-n", "0", "-t", "1", "-r", "1"], "");
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.starts_with("| model |") && text.contains("pp8"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_bench_flags_are_one_line_errors() {
+    for (args, needle) in [
+        (vec!["-t", "0"], "--threads"),
+        (vec!["-r", "0"], "--repetitions"),
+        (vec!["-p", "0", "-n", "0"], "nothing to run"),
+        (vec!["-m", "/no/model"], "/no/model"),
+    ] {
+        let out = run_example("bench", &args, "");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && log.contains(needle),
+            "{args:?}: {log}"
+        );
+    }
+}
