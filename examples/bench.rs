@@ -62,9 +62,9 @@ fn run(args: Args) -> Result<()> {
         bail!("nothing to run: -p and -n are both 0");
     }
     let device = args.device.device();
-    let dir = args.model.dir();
+    let dir = args.model.path();
     let model = common::load_model(&dir, &device)?;
-    let model_bytes = directory_bytes(&dir)?;
+    let model_bytes = model_bytes(&dir)?;
     let tests: Vec<(String, usize, bool)> = [
         (format!("pp{}", args.n_prompt), args.n_prompt, true),
         (format!("tg{}", args.n_gen), args.n_gen, false),
@@ -150,7 +150,12 @@ fn mean_sd(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-fn directory_bytes(dir: &Path) -> Result<u64> {
+/// Bytes of the weights: the file, or a directory's safetensors files.
+fn model_bytes(path: &Path) -> Result<u64> {
+    if path.is_file() {
+        return Ok(path.metadata()?.len());
+    }
+    let dir = path;
     let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     let mut total = 0;
     for entry in entries {

@@ -9,10 +9,9 @@
 use std::io::{BufRead, Write};
 
 use anyhow::{Context, Result, bail};
-use bitnet_import::{Family, read_config};
 use bitnet_model::{
-    ChatTemplate, Conversation, GenerateOptions, Sampler, SamplerConfig, Session, Tokenizer,
-    TurnText,
+    BitNetConfig, ChatTemplate, Conversation, FfnActivation, GenerateOptions, Sampler,
+    SamplerConfig, Session, Tokenizer, TurnText,
 };
 use clap::Parser;
 
@@ -86,16 +85,15 @@ fn run(args: Args) -> Result<()> {
     if args.model.model.is_none() && args.prompt.is_empty() && !args.conversation {
         args.prompt = DEMO_PROMPT.into();
     }
-    let model_dir = args.model.dir();
+    let model_dir = args.model.path();
     let device = args.run.init()?;
-    let (config, family) = read_config(&model_dir)?;
-    let ctx_size = args
-        .ctx_size
-        .unwrap_or(config.max_position_embeddings.min(2048));
-    if ctx_size == 0 {
+    if args.ctx_size == Some(0) {
         bail!("--ctx-size must be at least 1");
     }
     let model = common::load_model(&model_dir, &device)?;
+    let ctx_size = args
+        .ctx_size
+        .unwrap_or(model.config.max_position_embeddings.min(2048));
     let tokenizer = args.model.tokenizer()?;
     let seed = args.seed.unwrap_or_else(rand_seed);
     let mut sampler = Sampler::new(SamplerConfig {
@@ -114,7 +112,7 @@ fn run(args: Args) -> Result<()> {
     };
     let mut session = Session::new(&model, ctx_size);
     if args.conversation {
-        let template = chat_template(&args, family, &tokenizer)?;
+        let template = chat_template(&args, &model.config, &tokenizer)?;
         let system = (!args.prompt.is_empty()).then(|| args.prompt.clone());
         return chat(
             Conversation::new(template, system),
@@ -153,9 +151,20 @@ fn rand_seed() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// Whether the model has BitNet b1.58 2B4T's graph (ReLU², sub-norms, multiplying scales).
+fn is_2b4t(config: &BitNetConfig) -> bool {
+    config.activation == FfnActivation::Relu2
+        && config.sub_norms
+        && config.linear.convention == bitnet_backend::ScaleConvention::Multiply
+}
+
 /// The `--chat-template` choice, else the model's own, else bitnet.cpp's for 2B4T and Llama 3's
 /// for a vocabulary with Llama 3 headers.
-fn chat_template(args: &Args, family: Family, tokenizer: &Tokenizer) -> Result<ChatTemplate> {
+fn chat_template(
+    args: &Args,
+    config: &BitNetConfig,
+    tokenizer: &Tokenizer,
+) -> Result<ChatTemplate> {
     let source = match &args.chat_template {
         Some(name) => match ChatTemplate::builtin(name) {
             Some(source) => source.to_string(),
@@ -164,7 +173,7 @@ fn chat_template(args: &Args, family: Family, tokenizer: &Tokenizer) -> Result<C
             })?,
         },
         // bitnet.cpp formats 2B4T chats with its built-in template, not the one in the files.
-        None if family == Family::BitNet2b4t => bitnet_model::chat::BITNET_TEMPLATE.to_string(),
+        None if is_2b4t(config) => bitnet_model::chat::BITNET_TEMPLATE.to_string(),
         None => match tokenizer.chat_template() {
             Some(own) => own.to_string(),
             None if tokenizer.token_id("<|start_header_id|>").is_some() => {

@@ -48,7 +48,7 @@ fn run(args: Args) -> Result<()> {
     let device = args.run.init()?;
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
-    let model_dir = args.model.dir();
+    let model_dir = args.model.path();
     let model = common::load_model(&model_dir, &device)?;
     let tokenizer = args.model.tokenizer()?;
     let tokens = tokenizer.encode(&text, true)?;

@@ -90,8 +90,9 @@ fn init_logging() {
 /// `-m/--model` and `--tokenizer`, for the examples that turn text into tokens.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
-    /// HF model directory (config.json + model.safetensors + tokenizer.json); default: the
-    /// bundled demo model (a byte-level BitNet trained on Tiny Shakespeare).
+    /// Model: an HF directory (config.json + model.safetensors + tokenizer.json), a GGUF file
+    /// (bitnet.cpp / llama.cpp) or a converted file (`convert` example); default: the bundled
+    /// demo model (a byte-level BitNet trained on Tiny Shakespeare).
     #[arg(short, long)]
     pub model: Option<PathBuf>,
     /// Tokenizer to use instead of the model's: a directory, tokenizer.json or GGUF file.
@@ -100,23 +101,24 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// The model directory: `-m`, else the demo model.
-    pub fn dir(&self) -> PathBuf {
+    /// The model path: `-m`, else the demo model.
+    pub fn path(&self) -> PathBuf {
         self.model.clone().unwrap_or_else(demo_model_dir)
     }
 
-    /// `--tokenizer`, else the model directory's own.
+    /// `--tokenizer`, else the model's own (its directory's, GGUF metadata or the one stored in a
+    /// converted file).
     pub fn tokenizer(&self) -> anyhow::Result<Tokenizer> {
         Ok(bitnet_import::load_tokenizer(
-            &self.tokenizer.clone().unwrap_or_else(|| self.dir()),
+            &self.tokenizer.clone().unwrap_or_else(|| self.path()),
         )?)
     }
 }
 
-/// Loads an HF model directory onto `device`, naming the directory in any error.
-pub fn load_model(dir: &std::path::Path, device: &Device) -> anyhow::Result<BitNetModel> {
+/// Loads an HF directory, GGUF file or converted file onto `device`, naming it in any error.
+pub fn load_model(path: &std::path::Path, device: &Device) -> anyhow::Result<BitNetModel> {
     use anyhow::Context;
-    bitnet_import::load_hf_model(dir, device).with_context(|| format!("loading {}", dir.display()))
+    bitnet_import::load_model(path, device).with_context(|| format!("loading {}", path.display()))
 }
 
 /// The example's `main`: logging set up, `argv` parsed, errors printed on one line.

@@ -33,6 +33,9 @@ pub enum ImportError {
     /// A GGUF file that is truncated, corrupt or holds something we cannot use.
     #[error("invalid GGUF file {path}: {message}")]
     Gguf { path: PathBuf, message: String },
+    /// A converted model file that is truncated, corrupt or of another version.
+    #[error("invalid converted model {path}: {message}")]
+    Converted { path: PathBuf, message: String },
     /// A tensor the model needs is not in the checkpoint.
     #[error("missing tensor {0:?}")]
     MissingTensor(String),

@@ -5,12 +5,12 @@
 use std::path::Path;
 
 use bitnet_backend::ScaleConvention;
-use bitnet_model::{BitLinear, BitNetModel, FfnActivation, RmsNorm};
-use burn::tensor::Tensor;
+use bitnet_model::{BitNetModel, FfnActivation};
 use safetensors::{Dtype, tensor::TensorView};
 use serde_json::{Value, json};
 
 use crate::error::{ImportError, Result};
+use crate::model_tensors::{ModelTensor, model_tensors};
 
 /// Bytes and shape of one tensor to write.
 struct Entry {
@@ -34,7 +34,7 @@ pub fn save_hf_model(model: &BitNetModel, dir: &Path, bos: u32, eos: u32) -> Res
         Some("a feed-forward block other than ReLU² with sub-norms")
     } else if c.linear.rms_norm_eps.is_some() {
         Some("per-projection RMSNorm")
-    } else if c.rope_scaling.is_some() {
+    } else if c.rope_scaling.is_some() || c.rope_freq_factors.is_some() {
         Some("RoPE scaling")
     } else {
         None
@@ -44,47 +44,32 @@ pub fn save_hf_model(model: &BitNetModel, dir: &Path, bos: u32, eos: u32) -> Res
             "exporting a model with {problem}: only the BitNet b1.58 2B4T layout can be written"
         )));
     }
-    let mut entries = vec![float_entry(
-        "model.embed_tokens.weight",
-        model.embed_tokens.weight.val(),
-    )?];
-    for (i, layer) in model.layers.iter().enumerate() {
-        let p = format!("model.layers.{i}");
-        let attn = &layer.self_attn;
-        let mlp = &layer.mlp;
-        entries.push(norm_entry(
-            &format!("{p}.input_layernorm"),
-            &layer.input_layernorm,
-        )?);
-        entries.push(norm_entry(
-            &format!("{p}.post_attention_layernorm"),
-            &layer.post_attention_layernorm,
-        )?);
-        for (name, linear) in [
-            ("self_attn.q_proj", &attn.q_proj),
-            ("self_attn.k_proj", &attn.k_proj),
-            ("self_attn.v_proj", &attn.v_proj),
-            ("self_attn.o_proj", &attn.o_proj),
-            ("mlp.gate_proj", &mlp.gate_proj),
-            ("mlp.up_proj", &mlp.up_proj),
-            ("mlp.down_proj", &mlp.down_proj),
-        ] {
-            entries.extend(linear_entries(&format!("{p}.{name}"), linear)?);
+    let mut entries = Vec::new();
+    for (name, tensor) in model_tensors(model)? {
+        match tensor {
+            ModelTensor::Float { shape, values } => entries.push(Entry {
+                name,
+                dtype: Dtype::F32,
+                shape,
+                bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            }),
+            ModelTensor::Ternary(weights) => {
+                let layout = weights.layout();
+                let prefix = name.strip_suffix(".weight").unwrap_or(&name);
+                entries.push(Entry {
+                    name: format!("{prefix}.weight_scale"),
+                    dtype: Dtype::F32,
+                    shape: vec![1],
+                    bytes: layout.scale.to_le_bytes().to_vec(),
+                });
+                entries.push(Entry {
+                    name,
+                    dtype: Dtype::U8,
+                    shape: vec![layout.n.div_ceil(4), layout.k],
+                    bytes: weights.to_hf_packed(),
+                });
+            }
         }
-        for (name, norm) in [
-            ("self_attn.attn_sub_norm", &attn.sub_norm),
-            ("mlp.ffn_sub_norm", &mlp.sub_norm),
-        ] {
-            let norm = norm.as_ref().expect("sub_norms was checked above");
-            entries.push(norm_entry(&format!("{p}.{name}"), norm)?);
-        }
-    }
-    entries.push(norm_entry("model.norm", &model.norm)?);
-    if let Some(head) = &model.lm_head {
-        entries.push(float_entry(
-            "lm_head.weight",
-            head.weight.val().transpose(),
-        )?);
     }
 
     std::fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
@@ -226,43 +211,4 @@ fn io_error(path: &Path, source: std::io::Error) -> ImportError {
         path: path.to_path_buf(),
         source,
     }
-}
-
-fn float_entry<const D: usize>(name: &str, tensor: Tensor<D>) -> Result<Entry> {
-    let shape = tensor.dims().to_vec();
-    let values = tensor
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .map_err(|e| ImportError::Unsupported(format!("reading {name}: {e:?}")))?;
-    Ok(Entry {
-        name: name.to_string(),
-        dtype: Dtype::F32,
-        shape,
-        bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    })
-}
-
-fn norm_entry(prefix: &str, norm: &RmsNorm) -> Result<Entry> {
-    float_entry(&format!("{prefix}.weight"), norm.weight.val())
-}
-
-/// `{prefix}.weight` (HF packed u8) and `{prefix}.weight_scale`.
-fn linear_entries(prefix: &str, linear: &BitLinear) -> Result<[Entry; 2]> {
-    let weights = linear.to_i2s()?;
-    let layout = weights.layout();
-    Ok([
-        Entry {
-            name: format!("{prefix}.weight"),
-            dtype: Dtype::U8,
-            shape: vec![layout.n.div_ceil(4), layout.k],
-            bytes: weights.to_hf_packed(),
-        },
-        Entry {
-            name: format!("{prefix}.weight_scale"),
-            dtype: Dtype::F32,
-            shape: vec![1],
-            bytes: layout.scale.to_le_bytes().to_vec(),
-        },
-    ])
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use crate::error::{ImportError, Result};
+use crate::ggml::GgmlType;
 use crate::store::map_file;
 
 const MAGIC: &[u8; 4] = b"GGUF";
@@ -19,8 +20,8 @@ const MAX_DIMS: u32 = 4;
 /// Nested arrays deeper than this are not something any writer produces.
 const MAX_ARRAY_DEPTH: u32 = 4;
 
-/// One metadata value.
-#[derive(Debug, Clone, PartialEq)]
+/// One metadata value (serialized with its type, so a copy keeps every width exactly).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum MetadataValue {
     U8(u8),
     I8(i8),
@@ -126,6 +127,31 @@ pub struct GgufFile {
     path: PathBuf,
     map: Mmap,
     header: GgufHeader,
+    /// Index into `header.tensors` by name.
+    index: BTreeMap<String, usize>,
+}
+
+/// A tensor's bytes, borrowed from the mapped file.
+#[derive(Debug, Clone, Copy)]
+pub struct GgufTensor<'a> {
+    pub name: &'a str,
+    pub ty: GgmlType,
+    /// Dimensions in ggml order (fastest-varying first).
+    pub dims: &'a [u64],
+    pub bytes: &'a [u8],
+}
+
+impl GgufTensor<'_> {
+    /// The shape in row-major order (slowest-varying first), as our tensors use it.
+    pub fn shape(&self) -> Vec<usize> {
+        // `check_tensors` proved the element count fits in memory, so every dim fits in usize.
+        self.dims.iter().rev().map(|&d| d as usize).collect()
+    }
+
+    /// Number of values.
+    pub fn elements(&self) -> usize {
+        self.dims.iter().product::<u64>() as usize
+    }
 }
 
 impl GgufFile {
@@ -138,15 +164,54 @@ impl GgufFile {
             });
         }
         let map = map_file(path)?;
-        let header = GgufHeader::parse(&map).map_err(|message| ImportError::Gguf {
-            path: path.to_path_buf(),
-            message,
-        })?;
+        let header = GgufHeader::parse(&map)
+            .and_then(|header| {
+                check_tensors(&header, map.len() as u64)?;
+                Ok(header)
+            })
+            .map_err(|message| ImportError::Gguf {
+                path: path.to_path_buf(),
+                message,
+            })?;
+        let mut index = BTreeMap::new();
+        for (i, tensor) in header.tensors.iter().enumerate() {
+            if index.insert(tensor.name.clone(), i).is_some() {
+                return Err(ImportError::Gguf {
+                    path: path.to_path_buf(),
+                    message: format!("tensor {:?} appears twice", tensor.name),
+                });
+            }
+        }
         Ok(Self {
             path: path.to_path_buf(),
             map,
             header,
+            index,
         })
+    }
+
+    /// The tensor `name`, or a missing-tensor error.
+    pub fn tensor(&self, name: &str) -> Result<GgufTensor<'_>> {
+        let &i = self
+            .index
+            .get(name)
+            .ok_or_else(|| ImportError::MissingTensor(name.to_string()))?;
+        let info = &self.header.tensors[i];
+        let ty = GgmlType::from_code(info.ggml_type).map_err(|e| self.error(e))?;
+        // `check_tensors` proved this range lies inside the file.
+        let len = tensor_len(info).map_err(|e| self.error(e))?;
+        let start = (self.header.data_offset + info.offset) as usize;
+        Ok(GgufTensor {
+            name: &info.name,
+            ty,
+            dims: &info.dims,
+            bytes: &self.map[start..start + len as usize],
+        })
+    }
+
+    /// Whether the file has a tensor of this name.
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
     }
 
     /// The parsed header.
@@ -267,6 +332,56 @@ impl GgufHeader {
             .as_str()
             .ok_or_else(|| "general.architecture is not a string".into())
     }
+}
+
+/// Bytes of one tensor, from its type and dimensions (every product overflow-checked).
+fn tensor_len(info: &TensorInfo) -> std::result::Result<u64, String> {
+    let ty =
+        GgmlType::from_code(info.ggml_type).map_err(|e| format!("tensor {:?}: {e}", info.name))?;
+    let elements = info
+        .dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .filter(|&e| e > 0 && usize::try_from(e).is_ok())
+        .ok_or_else(|| {
+            format!(
+                "tensor {:?} has dimensions {:?} (zero or too many values)",
+                info.name, info.dims
+            )
+        })?;
+    ty.byte_len(elements, info.dims[0])
+        .map_err(|e| format!("tensor {:?}: {e}", info.name))
+}
+
+/// Every tensor lies inside the data section and no two overlap.
+fn check_tensors(header: &GgufHeader, file_len: u64) -> std::result::Result<(), String> {
+    let data_len = file_len.checked_sub(header.data_offset).ok_or_else(|| {
+        format!(
+            "the data section would start at byte {} but the file has {file_len} bytes",
+            header.data_offset
+        )
+    })?;
+    let mut ranges = Vec::with_capacity(header.tensors.len());
+    for info in &header.tensors {
+        let len = tensor_len(info)?;
+        let end = info.offset.checked_add(len).filter(|&e| e <= data_len);
+        let Some(end) = end else {
+            return Err(format!(
+                "tensor {:?} ({len} bytes at data offset {}) runs past the end of the file \
+                 ({data_len} data bytes; truncated?)",
+                info.name, info.offset
+            ));
+        };
+        ranges.push((info.offset, end, &info.name));
+    }
+    ranges.sort();
+    for pair in ranges.windows(2) {
+        let ((_, end, a), (start, _, b)) = (pair[0], pair[1]);
+        if start < end {
+            return Err(format!("tensors {a:?} and {b:?} overlap"));
+        }
+    }
+    Ok(())
 }
 
 struct Reader<'a> {

@@ -1,11 +1,14 @@
 //! Tokenizers as checkpoints carry them: a Hugging Face directory (`tokenizer.json`,
 //! `tokenizer_config.json`, `generation_config.json`, `config.json`) or GGUF metadata.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use bitnet_model::{PreTokenizer, SpecialTokens, TokenType, Tokenizer, TokenizerVocab, VocabModel};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::converted::{converted_tokenizer, is_converted};
 use crate::error::{ImportError, Result};
 use crate::gguf::{GgufFile, GgufHeader, MetadataValue, is_gguf};
 
@@ -25,6 +28,15 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
         let file = GgufFile::open(path)?;
         return gguf_tokenizer(file.header()).map_err(|message| file.error(message));
     }
+    if is_converted(path) {
+        return match converted_tokenizer(path)? {
+            Some(files) => files.tokenizer(path),
+            None => Err(ImportError::MissingFile {
+                what: "tokenizer (the converted file stores none; pass a tokenizer file)",
+                path: path.to_path_buf(),
+            }),
+        };
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     hf_tokenizer(path, dir)
 }
@@ -41,20 +53,112 @@ pub fn load_hf_tokenizer(dir: &Path) -> Result<Tokenizer> {
     hf_tokenizer(&file, dir)
 }
 
-fn read_json(path: &Path) -> Result<Option<Value>> {
-    if !path.is_file() {
-        return Ok(None);
+/// The files of an HF tokenizer besides `tokenizer.json` that decide its special tokens and
+/// chat template.
+const HF_TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer_config.json",
+    "generation_config.json",
+    "config.json",
+    "chat_template.jinja",
+];
+
+/// A tokenizer as its checkpoint stores it, kept verbatim so a converted model can carry it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TokenizerFiles {
+    /// `tokenizer.json` and the HF files beside it, by file name.
+    Hf { files: BTreeMap<String, String> },
+    /// The `tokenizer.*` keys of GGUF metadata.
+    Gguf {
+        metadata: BTreeMap<String, MetadataValue>,
+    },
+}
+
+impl TokenizerFiles {
+    /// Reads the tokenizer files of a model directory or GGUF file (`None` when the directory
+    /// has no `tokenizer.json`).
+    pub fn read(path: &Path) -> Result<Option<Self>> {
+        if is_gguf(path) {
+            let file = GgufFile::open(path)?;
+            let metadata = file
+                .header()
+                .metadata
+                .iter()
+                .filter(|(key, _)| key.starts_with("tokenizer."))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect();
+            return Ok(Some(Self::Gguf { metadata }));
+        }
+        let (file, dir) = if path.is_dir() {
+            (path.join("tokenizer.json"), path)
+        } else {
+            (path.to_path_buf(), path.parent().unwrap_or(Path::new(".")))
+        };
+        if !file.is_file() {
+            return Ok(None);
+        }
+        let mut files = BTreeMap::new();
+        files.insert("tokenizer.json".to_string(), read_text(&file)?);
+        for name in HF_TOKENIZER_FILES {
+            let path = dir.join(name);
+            if path.is_file() {
+                files.insert(name.to_string(), read_text(&path)?);
+            }
+        }
+        Ok(Some(Self::Hf { files }))
     }
-    let text = std::fs::read_to_string(path).map_err(|source| ImportError::Io {
+
+    /// Builds the tokenizer; `origin` names where the files came from in errors.
+    pub fn tokenizer(&self, origin: &Path) -> Result<Tokenizer> {
+        match self {
+            Self::Gguf { metadata } => {
+                let header = GgufHeader {
+                    version: 3,
+                    metadata: metadata.clone(),
+                    tensors: Vec::new(),
+                    alignment: 32,
+                    data_offset: 0,
+                };
+                gguf_tokenizer(&header).map_err(|message| ImportError::Config {
+                    path: origin.to_path_buf(),
+                    message,
+                })
+            }
+            Self::Hf { files } => {
+                let text = files
+                    .get("tokenizer.json")
+                    .ok_or_else(|| ImportError::Config {
+                        path: origin.to_path_buf(),
+                        message: "the stored tokenizer has no tokenizer.json".into(),
+                    })?;
+                let tokenizer = Tokenizer::from_json_str(
+                    text,
+                    &origin.display().to_string(),
+                    SpecialTokens::default(),
+                )?;
+                with_hf_specials(tokenizer, |name| {
+                    let Some(text) = files.get(name) else {
+                        return Ok(None);
+                    };
+                    parse_json(text, &origin.join(name)).map(Some)
+                })
+            }
+        }
+    }
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| ImportError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| ImportError::Config {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+    })
+}
+
+fn parse_json(text: &str, path: &Path) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| ImportError::Config {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// A token id, or a list of them, as the HF configs write `eos_token_id`.
@@ -80,10 +184,30 @@ fn token_text(value: Option<&Value>) -> Option<&str> {
 }
 
 fn hf_tokenizer(file: &Path, dir: &Path) -> Result<Tokenizer> {
-    let tokenizer_config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
-    let generation = read_json(&dir.join("generation_config.json"))?.unwrap_or_default();
-    let config = read_json(&dir.join("config.json"))?.unwrap_or_default();
     let tokenizer = Tokenizer::from_json_file(file, SpecialTokens::default())?;
+    with_hf_specials(tokenizer, |name| {
+        let path = dir.join(name);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = read_text(&path)?;
+        if name.ends_with(".json") {
+            parse_json(&text, &path).map(Some)
+        } else {
+            Ok(Some(Value::String(text)))
+        }
+    })
+}
+
+/// BOS/EOS and the chat template from the HF files `read` returns by name (JSON files parsed,
+/// `chat_template.jinja` as a string).
+fn with_hf_specials(
+    tokenizer: Tokenizer,
+    read: impl Fn(&str) -> Result<Option<Value>>,
+) -> Result<Tokenizer> {
+    let tokenizer_config = read("tokenizer_config.json")?.unwrap_or_default();
+    let generation = read("generation_config.json")?.unwrap_or_default();
+    let config = read("config.json")?.unwrap_or_default();
     let by_text =
         |key: &str| token_text(tokenizer_config.get(key)).and_then(|t| tokenizer.token_id(t));
 
@@ -101,34 +225,30 @@ fn hf_tokenizer(file: &Path, dir: &Path) -> Result<Tokenizer> {
         .and_then(Value::as_bool)
         .unwrap_or(bos.is_some());
     let special = SpecialTokens { bos, eos, add_bos };
-    let template = chat_template(&tokenizer_config, dir)?;
+    let template = chat_template(&tokenizer_config, || match read("chat_template.jinja")? {
+        Some(Value::String(s)) => Ok(Some(s)),
+        _ => Ok(None),
+    })?;
     Ok(tokenizer.with_special(special).with_chat_template(template))
 }
 
 /// `chat_template` from `tokenizer_config.json` (a string, or named templates of which the
 /// `default` one is used) or from `chat_template.jinja`, which newer transformers write.
-fn chat_template(tokenizer_config: &Value, dir: &Path) -> Result<Option<String>> {
+fn chat_template(
+    tokenizer_config: &Value,
+    jinja: impl FnOnce() -> Result<Option<String>>,
+) -> Result<Option<String>> {
     match tokenizer_config.get("chat_template") {
-        Some(Value::String(s)) => return Ok(Some(s.clone())),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Array(named)) => {
             let default = named
                 .iter()
                 .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
                 .and_then(|t| t.get("template")?.as_str());
-            return Ok(default.map(str::to_string));
+            Ok(default.map(str::to_string))
         }
-        _ => {}
+        _ => jinja(),
     }
-    let jinja = dir.join("chat_template.jinja");
-    if !jinja.is_file() {
-        return Ok(None);
-    }
-    std::fs::read_to_string(&jinja)
-        .map(Some)
-        .map_err(|source| ImportError::Io {
-            path: jinja,
-            source,
-        })
 }
 
 /// The tokenizer in GGUF metadata (`tokenizer.ggml.*`); the error names the bad key.

@@ -73,6 +73,10 @@ pub struct BitNetConfig {
     /// Llama 3 RoPE scaling, when the checkpoint uses it.
     #[config(default = "None")]
     pub rope_scaling: Option<Llama3RopeScaling>,
+    /// Per-frequency divisors of the RoPE inverse frequencies (`[head_dim / 2]`), as GGUF files
+    /// store Llama 3 scaling (`rope_freqs.weight`); applied after `rope_scaling`.
+    #[config(default = "None")]
+    pub rope_freq_factors: Option<Vec<f32>>,
     /// The longest context the model was trained for (the default context size).
     #[config(default = 2048)]
     pub max_position_embeddings: usize,
@@ -144,6 +148,20 @@ impl BitNetConfig {
         let head_dim = self.head_dim();
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return fail(format!("head_dim={head_dim} must be positive and even"));
+        }
+        if let Some(factors) = &self.rope_freq_factors {
+            if factors.len() != head_dim / 2 {
+                return fail(format!(
+                    "{} RoPE frequency factors for head_dim={head_dim} (expected {})",
+                    factors.len(),
+                    head_dim / 2
+                ));
+            }
+            if let Some(bad) = factors.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
+                return fail(format!(
+                    "RoPE frequency factor {bad} is not positive and finite"
+                ));
+            }
         }
         if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return fail(format!(

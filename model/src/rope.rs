@@ -19,10 +19,13 @@ impl RotaryEmbedding {
         let inv_freq = (0..dim / 2)
             .map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32))
             .collect::<Vec<f32>>();
-        let inv_freq = match &config.rope_scaling {
+        let mut inv_freq = match &config.rope_scaling {
             Some(scaling) => llama3_scaled(&inv_freq, scaling),
             None => inv_freq,
         };
+        if let Some(factors) = &config.rope_freq_factors {
+            inv_freq.iter_mut().zip(factors).for_each(|(f, d)| *f /= d);
+        }
         Self { inv_freq }
     }
 

@@ -149,10 +149,15 @@ impl Tokenizer {
     /// runs it: a word that is itself a token is not re-merged. Copies of its `tokenizer.json`
     /// that lost the `ignore_merges` flag give other ids, so it is set for the Llama 3 split.
     pub fn from_json_file(path: &Path, special: SpecialTokens) -> Result<Self> {
-        let fail =
-            |e: &dyn std::fmt::Display| ModelError::Tokenizer(format!("{}: {e}", path.display()));
-        let text = std::fs::read_to_string(path).map_err(|e| fail(&e))?;
-        let mut json: serde_json::Value = serde_json::from_str(&text).map_err(|e| fail(&e))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+        Self::from_json_str(&text, &path.display().to_string(), special)
+    }
+
+    /// Parses the text of a `tokenizer.json`; `origin` names it in errors.
+    pub fn from_json_str(text: &str, origin: &str, special: SpecialTokens) -> Result<Self> {
+        let fail = |e: &dyn std::fmt::Display| ModelError::Tokenizer(format!("{origin}: {e}"));
+        let mut json: serde_json::Value = serde_json::from_str(text).map_err(|e| fail(&e))?;
         let pre_tokenizer = json.get("pre_tokenizer").map(|p| p.to_string());
         if pre_tokenizer
             .is_some_and(|p| p.contains(&serde_json::Value::from(LLAMA3_SPLIT).to_string()))
