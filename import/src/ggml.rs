@@ -388,6 +388,139 @@ mod tests {
         }
     }
 
+    /// A deterministic ternary sequence.
+    fn trits(len: usize, seed: u64) -> Vec<i8> {
+        let mut x = seed;
+        (0..len)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 33) % 3) as i8 - 1
+            })
+            .collect()
+    }
+
+    /// llama.cpp's `quantize_row_tq2_0_ref` layout: byte `j + m` of a block holds weights
+    /// `4j + m + 32n` (n = 0..4) in bits `2n`, for j in {0, 32}.
+    fn encode_tq2(values: &[i8], d: f16) -> Vec<u8> {
+        let mut out = Vec::new();
+        for block in values.chunks_exact(QK_K) {
+            for j in [0, 32] {
+                for m in 0..32 {
+                    out.push((0..4).fold(0u8, |q, n| {
+                        q | (((block[4 * j + m + 32 * n] + 1) as u8) << (2 * n))
+                    }));
+                }
+            }
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        out
+    }
+
+    /// Five (or four, then shifted) base-3 digits, most significant first, scaled to a byte.
+    fn pack_trits(digits: impl Iterator<Item = i8>, shift: bool) -> u8 {
+        let mut q = digits.fold(0u16, |q, t| q * 3 + (t + 1) as u16);
+        if shift {
+            q *= 3;
+        }
+        ((q * 256).div_ceil(243)) as u8
+    }
+
+    /// llama.cpp's `quantize_row_tq1_0_ref` layout.
+    fn encode_tq1(values: &[i8], d: f16) -> Vec<u8> {
+        let mut out = Vec::new();
+        for block in values.chunks_exact(QK_K) {
+            for m in 0..32 {
+                out.push(pack_trits((0..5).map(|n| block[m + 32 * n]), false));
+            }
+            for m in 0..16 {
+                out.push(pack_trits((0..5).map(|n| block[160 + m + 16 * n]), false));
+            }
+            for j in 0..4 {
+                out.push(pack_trits((0..4).map(|m| block[240 + j + 4 * m]), true));
+            }
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn tq1_and_tq2_decode_llama_cpp_layouts_exactly() {
+        let (n, k) = (3, 512);
+        let values = trits(n * k, 7);
+        let d = f16::from_f32(0.25);
+        for (ty, bytes) in [
+            (GgmlType::TQ2_0, encode_tq2(&values, d)),
+            (GgmlType::TQ1_0, encode_tq1(&values, d)),
+        ] {
+            assert_eq!(
+                bytes.len() as u64,
+                ty.byte_len((n * k) as u64, k as u64).unwrap()
+            );
+            let weights = decode_ternary(ty, &bytes, n, k).unwrap();
+            let view = weights.view();
+            for (i, &t) in values.iter().enumerate() {
+                assert_eq!(view.value(i / k, i % k), t, "{ty:?} weight {i}");
+            }
+            assert_eq!(weights.layout().scale, 0.25);
+            let floats = decode_float(ty, &bytes, n * k).unwrap();
+            assert!(
+                floats
+                    .iter()
+                    .zip(&values)
+                    .all(|(f, &t)| *f == t as f32 * 0.25)
+            );
+        }
+    }
+
+    #[test]
+    fn per_block_scales_that_differ_are_rejected() {
+        let values = trits(512, 3);
+        let mut bytes = encode_tq2(&values, f16::from_f32(0.5));
+        let second_scale = 66 + 64;
+        bytes[second_scale..second_scale + 2].copy_from_slice(&f16::from_f32(0.25).to_le_bytes());
+        let err = decode_ternary(GgmlType::TQ2_0, &bytes, 1, 512).unwrap_err();
+        assert!(err.contains("per-block scales"), "{err}");
+    }
+
+    #[test]
+    fn q8_0_and_q6_k_decode() {
+        let mut q8 = f16::from_f32(0.5).to_le_bytes().to_vec();
+        q8.extend((0..32).map(|i| (i as i8 - 16) as u8));
+        let values = decode_float(GgmlType::Q8_0, &q8, 32).unwrap();
+        assert!(
+            values
+                .iter()
+                .enumerate()
+                .all(|(i, v)| *v == (i as f32 - 16.0) * 0.5)
+        );
+
+        // Q6_K: 6-bit q (0..63, minus 32) times an int8 scale per 16 values times d.
+        let q: Vec<u8> = (0..256).map(|i| (i * 7 % 64) as u8).collect();
+        let scales: Vec<i8> = (0..16).map(|i| i as i8 - 8).collect();
+        let mut block = vec![0u8; 210];
+        for half in 0..2 {
+            for l in 0..32 {
+                for j in 0..4 {
+                    let v = q[128 * half + l + 32 * j];
+                    let ql = 64 * half + l + 32 * (j % 2);
+                    block[ql] |= (v & 0xF) << (4 * (j / 2));
+                    block[128 + 32 * half + l] |= (v >> 4) << (2 * j);
+                }
+            }
+        }
+        for (i, s) in scales.iter().enumerate() {
+            block[192 + i] = *s as u8;
+        }
+        block[208..].copy_from_slice(&f16::from_f32(2.0).to_le_bytes());
+        let values = decode_float(GgmlType::Q6K, &block, 256).unwrap();
+        for (i, v) in values.iter().enumerate() {
+            let want = 2.0 * scales[i / 16] as f32 * (q[i] as i32 - 32) as f32;
+            assert_eq!(*v, want, "value {i}");
+        }
+    }
+
     #[test]
     fn byte_lengths_match_ggml() {
         assert_eq!(GgmlType::Q6K.byte_len(512, 256), Ok(420));

@@ -357,7 +357,7 @@ fn tensor_len(info: &TensorInfo) -> std::result::Result<u64, String> {
 fn check_tensors(header: &GgufHeader, file_len: u64) -> std::result::Result<(), String> {
     let data_len = file_len.checked_sub(header.data_offset).ok_or_else(|| {
         format!(
-            "the data section would start at byte {} but the file has {file_len} bytes",
+            "the data section would start at byte {} but the file has {file_len} bytes (truncated)",
             header.data_offset
         )
     })?;
@@ -415,7 +415,8 @@ impl<'a> Reader<'a> {
         let remaining = (self.bytes.len() - self.at) as u64;
         if count.saturating_mul(min_size) > remaining {
             return Err(format!(
-                "{what} {count} at byte {} cannot fit in the {remaining} bytes that remain",
+                "{what} {count} at byte {} cannot fit in the {remaining} bytes that remain \
+                 (truncated or corrupt)",
                 self.at
             ));
         }

@@ -75,9 +75,12 @@ pub enum TokenizerFiles {
 }
 
 impl TokenizerFiles {
-    /// Reads the tokenizer files of a model directory or GGUF file (`None` when the directory
-    /// has no `tokenizer.json`).
+    /// Reads the tokenizer files of a model directory, GGUF file or converted file (`None` when
+    /// there is no tokenizer).
     pub fn read(path: &Path) -> Result<Option<Self>> {
+        if is_converted(path) {
+            return converted_tokenizer(path);
+        }
         if is_gguf(path) {
             let file = GgufFile::open(path)?;
             let metadata = file
