@@ -3,7 +3,7 @@
 //! steps), per thread count, after a warm-up.
 //!
 //! ```text
-//! cargo run --release --example bench -- -m DIR -p 128 -n 64 -t 1,2 -r 5 [--json]
+//! cargo run --release --example bench -- -m MODEL -p 128 -n 64 -t 1,2 -r 5 [--json]
 //! ```
 //! The markdown table (or, with `--json`, an array of
 //! `{"test", "threads", "mean_tps", "sd_tps", "reps", ...}`) goes to stdout.
@@ -63,7 +63,10 @@ fn run(args: Args) -> Result<()> {
     }
     let device = args.device.device();
     let dir = args.model.path();
+    let start = Instant::now();
     let model = common::load_model(&dir, &device)?;
+    let load_s = start.elapsed().as_secs_f64();
+    eprintln!("loaded {} in {load_s:.3} s", dir.display());
     let model_bytes = model_bytes(&dir)?;
     let tests: Vec<(String, usize, bool)> = [
         (format!("pp{}", args.n_prompt), args.n_prompt, true),
@@ -95,6 +98,7 @@ fn run(args: Args) -> Result<()> {
             rows.push(json!({
                 "model": dir,
                 "model_bytes": model_bytes,
+                "load_s": load_s,
                 "params": model.config.num_parameters(),
                 "backend": format!("{:?}", args.device).to_lowercase(),
                 "test": name,

@@ -355,6 +355,10 @@ fn tensor_len(info: &TensorInfo) -> std::result::Result<u64, String> {
 
 /// Every tensor lies inside the data section and no two overlap.
 fn check_tensors(header: &GgufHeader, file_len: u64) -> std::result::Result<(), String> {
+    if header.tensors.is_empty() {
+        // A vocabulary-only file may end right after its header, without padding.
+        return Ok(());
+    }
     let data_len = file_len.checked_sub(header.data_offset).ok_or_else(|| {
         format!(
             "the data section would start at byte {} but the file has {file_len} bytes (truncated)",

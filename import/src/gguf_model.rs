@@ -201,7 +201,7 @@ fn float_tensor(file: &GgufFile, name: &str, shape: &[usize]) -> Result<Vec<f32>
 }
 
 /// The GGUF name of a canonical (HF-style) tensor name.
-pub(crate) fn gguf_name(canonical: &str) -> String {
+pub fn gguf_name(canonical: &str) -> String {
     match canonical {
         "model.embed_tokens.weight" => return "token_embd.weight".into(),
         "model.norm.weight" => return "output_norm.weight".into(),
