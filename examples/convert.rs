@@ -22,8 +22,10 @@ mod common;
 enum Format {
     /// Our memory-mappable format (see the README's "Model files").
     Converted,
-    /// bitnet.cpp's GGUF with I2_S projections and an F16 embedding.
+    /// bitnet.cpp's GGUF with I2_S projections.
     Gguf,
+    /// A Hugging Face directory in BitNet b1.58 2B4T's packed layout (2B4T-layout models only).
+    Hf,
 }
 
 /// Convert a model: HF directory, GGUF or converted file in; converted file or GGUF out.
@@ -75,15 +77,45 @@ fn run(args: Args) -> Result<()> {
     match args.format {
         Format::Converted => save_converted(&model, tokenizer.as_ref(), &args.output, &progress),
         Format::Gguf => save_gguf(&model, tokenizer.as_ref(), &args.output, &progress),
+        Format::Hf => save_hf_dir(&model, tokenizer.as_ref(), &args.output),
     }
     .with_context(|| format!("writing {}", args.output.display()))?;
     progress.finish_and_clear();
-    let bytes = std::fs::metadata(&args.output)?.len();
     eprintln!(
-        "wrote {} ({bytes} bytes) in {:.2} s",
+        "wrote {} in {:.2} s",
         args.output.display(),
         start.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// The HF export with the source's tokenizer files beside it (BOS/EOS default to the Llama 2
+/// ids 1 and 2 when the source has no tokenizer, as bitnet.cpp's dummy models do).
+fn save_hf_dir(
+    model: &bitnet_model::BitNetModel,
+    tokenizer: Option<&TokenizerFiles>,
+    dir: &std::path::Path,
+) -> bitnet_import::Result<()> {
+    let (mut bos, mut eos) = (1, 2);
+    if let Some(files) = tokenizer {
+        let special = files.tokenizer(dir)?.special().clone();
+        bos = special.bos.unwrap_or(bos);
+        eos = special.eos.first().copied().unwrap_or(eos);
+    }
+    bitnet_import::save_hf_model(model, dir, bos, eos)?;
+    if let Some(TokenizerFiles::Hf { files }) = tokenizer {
+        for (name, text) in files {
+            // config.json and generation_config.json are the export's own.
+            if name.starts_with("tokenizer") || name == "chat_template.jinja" {
+                std::fs::write(dir.join(name), text).map_err(|source| {
+                    bitnet_import::ImportError::Io {
+                        path: dir.join(name),
+                        source,
+                    }
+                })?;
+            }
+        }
+    }
     Ok(())
 }
 

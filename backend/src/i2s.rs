@@ -230,11 +230,23 @@ impl<'a> I2sView<'a> {
     /// Returns the index of the first code 3 (not a ternary value), if any. Padding columns are
     /// not checked: they meet zero activations, so their codes never reach an accumulator.
     pub fn find_invalid_code(&self) -> Option<usize> {
+        // A byte holds a code 3 iff some slot has both bits set; test eight bytes at a time so
+        // loading a large model is not dominated by this check.
+        const LOW_BITS: u64 = 0x5555_5555_5555_5555;
+        let has_three = |bytes: &[u8]| {
+            let mut word = [0u8; 8];
+            word[..bytes.len()].copy_from_slice(bytes);
+            let w = u64::from_le_bytes(word);
+            w & (w >> 1) & LOW_BITS != 0
+        };
         let k = self.layout.k;
         (0..self.layout.n)
-            .flat_map(|r| (0..k).map(move |c| (r, c)))
-            .find(|&(r, c)| code_at(self.row(r), c) == 3)
-            .map(|(r, c)| r * k + c)
+            .filter(|&r| self.row(r).chunks(8).any(has_three))
+            .find_map(|r| {
+                (0..k)
+                    .find(|&c| code_at(self.row(r), c) == 3)
+                    .map(|c| r * k + c)
+            })
     }
 }
 
