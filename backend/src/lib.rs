@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod extension;
+pub mod half_matrix;
 pub mod i2s;
 pub mod kernels;
 pub mod lut;
@@ -18,6 +19,7 @@ pub mod select;
 
 pub use error::{Result, TernaryError};
 pub use extension::{TernaryLinearExt, TernaryOps, TernaryWeight, ternary_linear};
+pub use half_matrix::HalfMatrix;
 pub use i2s::{I2sView, I2sWeights, PackedFormat, ScaleConvention, TernaryLayout};
 pub use kernels::Isa;
 pub use lut::{LutView, LutWeights};

@@ -49,7 +49,7 @@ pub(crate) fn build_model(
         config,
         device,
     };
-    let model = builder.model(&progress)?;
+    let model = builder.model(&progress)?.with_half_head();
     progress.finish_and_clear();
     let unused = source.unused();
     if !unused.is_empty() {
@@ -111,6 +111,7 @@ impl Builder<'_> {
             layers,
             norm,
             lm_head,
+            half_head: None,
             rope: RotaryEmbedding::new(c),
             config: c.clone(),
         })

@@ -202,3 +202,34 @@ fn tokenizer_and_hyper_parameters_come_from_the_metadata() {
     assert_eq!(tokenizer.vocab_size(), 320);
     assert!(tokenizer.chat_template().is_some());
 }
+
+#[test]
+fn f16_embedding_gives_an_exact_half_head_that_matches_the_f32_head() {
+    let Some(dir) = parity_dir() else { return };
+    let dir = dir.join("bitnet_b158_i2s");
+    let device = Device::flex();
+    let with_half = load(&dir.join("bitnet_b158_i2s.i2_s.gguf"), &device);
+    let head = with_half
+        .half_head
+        .as_ref()
+        .expect("an F16 embedding is exact in 16 bits");
+    assert_eq!(head.format(), "f16");
+    assert_eq!(
+        head.shape(),
+        [with_half.config.vocab_size, with_half.config.hidden_size]
+    );
+    let without = BitNetModel {
+        half_head: None,
+        ..load(&dir.join("bitnet_b158_i2s.i2_s.gguf"), &device)
+    };
+    for prompt in bitnet_cpp_run(&dir.join("out-i2_s.json")) {
+        // Decode-sized calls: one to eight positions use the 16-bit head.
+        let ids = &prompt.ids[..prompt.ids.len().min(8)];
+        let got = logits(&with_half, ids, &device);
+        assert_strict(
+            "16-bit head vs f32 head",
+            &got,
+            &logits(&without, ids, &device),
+        );
+    }
+}

@@ -3,7 +3,10 @@
 use burn::module::Module;
 use burn::nn::Initializer;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
-use burn::tensor::{Device, Int, Tensor};
+use std::sync::Arc;
+
+use bitnet_backend::{HalfMatrix, Isa};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::attention::Attention;
 use crate::bitlinear::{BitLinear, BitLinearConfig};
@@ -58,6 +61,10 @@ impl DecoderLayer {
     }
 }
 
+/// Positions up to which the LM head uses the 16-bit copy: decode reads the whole table for
+/// one row, where halving its bytes pays; long prefills and full logits use the f32 matmul.
+const HALF_HEAD_MAX_ROWS: usize = 8;
+
 /// A BitNet causal language model: embedding, decoder layers, final norm and a float LM head.
 #[derive(Module, Debug)]
 pub struct BitNetModel {
@@ -69,6 +76,10 @@ pub struct BitNetModel {
     pub norm: RmsNorm,
     /// Separate LM head (Burn layout `[hidden, vocab]`); `None` when tied to the embedding.
     pub lm_head: Option<Linear>,
+    /// The LM head's weights in 16 bits, `[vocab, hidden]`, when that copy is exact (see
+    /// [`BitNetModel::with_half_head`]); used for a few rows at a time, as in decode.
+    #[module(skip)]
+    pub half_head: Option<Arc<HalfMatrix>>,
     /// RoPE frequencies.
     #[module(skip)]
     pub rope: RotaryEmbedding,
@@ -155,6 +166,7 @@ impl BitNetConfig {
                     .with_bias(false)
                     .init(device)
             }),
+            half_head: None,
             rope: RotaryEmbedding::new(self),
             config: self.clone(),
         })
@@ -284,6 +296,9 @@ impl BitNetModel {
     /// - `h`: `[batch, len, hidden]`
     /// - output: `[batch, len, vocab]`
     pub fn lm_head(&self, h: Tensor<3>) -> Tensor<3> {
+        if let Some(logits) = self.half_head_logits(&h) {
+            return logits;
+        }
         match &self.lm_head {
             Some(head) => head.forward(h),
             None => {
@@ -299,6 +314,43 @@ impl BitNetModel {
                     .reshape([batch, len, vocab])
             }
         }
+    }
+
+    /// Keeps a 16-bit copy of the LM head (the tied embedding or the separate head) when every
+    /// weight is exactly an F16 or a BF16, as in bitnet.cpp's files (F16 embeddings) and HF's
+    /// BF16 checkpoints. Decode then reads half the bytes per token and multiplies the same
+    /// values; only the order of summation differs from the f32 matmul. Otherwise the model is
+    /// returned unchanged. The importers call this; a model being trained has no copy.
+    pub fn with_half_head(mut self) -> Self {
+        let weight = match &self.lm_head {
+            Some(head) => head.weight.val().transpose(),
+            None => self.embed_tokens.weight.val(),
+        };
+        let [rows, cols] = weight.dims();
+        self.half_head = weight
+            .into_data()
+            .try_to_vec::<f32>()
+            .ok()
+            .and_then(|values| HalfMatrix::from_f32_exact(&values, rows, cols))
+            .map(Arc::new);
+        self
+    }
+
+    /// Logits from the 16-bit head copy for up to [`HALF_HEAD_MAX_ROWS`] positions without
+    /// gradients; `None` where the f32 matmul is the better (or the only) choice.
+    fn half_head_logits(&self, h: &Tensor<3>) -> Option<Tensor<3>> {
+        let head = self.half_head.as_ref()?;
+        let [batch, len, _] = h.dims();
+        if batch * len > HALF_HEAD_MAX_ROWS || h.is_require_grad() {
+            return None;
+        }
+        let x = h.clone().into_data().try_to_vec::<f32>().ok()?;
+        let logits = head.matvec(Isa::selected().ok()?, &x).ok()?;
+        let shape = [batch, len, head.shape()[0]];
+        Some(Tensor::from_data(
+            TensorData::new(logits, shape),
+            &h.device(),
+        ))
     }
 
     fn check_tokens(&self, tokens: &Tensor<2, Int>) -> Result<()> {

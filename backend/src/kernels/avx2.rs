@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::TernaryKernel;
+use super::{DecodingKernel, TernaryKernel, decoded_dots};
 use crate::i2s::{BLOCK, BLOCK_BYTES};
 
 pub(super) struct Avx2;
@@ -19,6 +19,13 @@ const CHUNKS_PER_FLUSH: usize = 32;
 const GEMV_ROWS: usize = 2;
 
 impl TernaryKernel for Avx2 {
+    unsafe fn raw_dots(codes: &[u8], rb: usize, q: &[i8], m: usize, out: &mut [i32]) {
+        // SAFETY: forwarded from the caller.
+        unsafe { decoded_dots::<Self>(codes, rb, q, m, out) }
+    }
+}
+
+impl DecodingKernel for Avx2 {
     unsafe fn gemv(codes: &[u8], row_bytes: usize, q: &[i8], out: &mut [i32]) {
         for (rows, out) in codes
             .chunks(GEMV_ROWS * row_bytes)
@@ -65,7 +72,7 @@ fn unpack(packed: __m256i) -> [__m256i; 4] {
 
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(super) fn hsum_i32(v: __m256i) -> i32 {
+fn hsum_i32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
@@ -129,7 +136,7 @@ unsafe fn gemv_tile<const R: usize>(rows: [&[u8]; R], q: &[i8]) -> [i32; R] {
 /// # Safety
 /// `dst.len() == 4 * row.len()` and `row.len()` is a multiple of 32.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn decode_row(row: &[u8], dst: &mut [u8]) {
+unsafe fn decode_row(row: &[u8], dst: &mut [u8]) {
     debug_assert_eq!(dst.len(), 4 * row.len());
     for (packed, dst) in row
         .chunks_exact(BLOCK_BYTES)

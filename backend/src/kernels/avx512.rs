@@ -1,45 +1,85 @@
 //! AVX-512 VNNI path: `vpdpbusd` multiplies 64 unsigned codes by 64 signed activations and adds
 //! the products straight into i32 lanes, so no intermediate widening is needed.
+//!
+//! It works on the packed rows directly, for one token or many: each 32-byte block is broadcast
+//! to both halves of a register and masked differently per half, which yields the codes of
+//! weights 0..64 (bits 7:6, then 5:4) and 64..128 (bits 3:2, then 1:0) in exactly the order of
+//! the activations in memory. No activation shuffling, no cross-lane inserts and no unpacked
+//! copy of the weights are needed; a tile of rows x tokens shares every unpacked block and
+//! every activation load.
 
 use std::arch::x86_64::*;
 
-use super::TernaryKernel;
-use super::avx2::decode_row;
+use super::{TernaryKernel, store};
 use crate::i2s::{BLOCK, BLOCK_BYTES};
 
 pub(super) struct Avx512Vnni;
 
-/// Rows interleaved in the one-token path, sharing each activation load.
-const GEMV_ROWS: usize = 2;
+/// Rows per tile: with one token, four independent accumulator chains hide `vpdpbusd`'s latency.
+const ROWS: usize = 4;
+/// Tokens per tile when there are several: 4 x 4 accumulators fit the register file with the
+/// 8 unpacked code vectors.
+const TOKENS: usize = 4;
 
 impl TernaryKernel for Avx512Vnni {
-    unsafe fn gemv(codes: &[u8], row_bytes: usize, q: &[i8], out: &mut [i32]) {
-        for (rows, out) in codes
-            .chunks(GEMV_ROWS * row_bytes)
-            .zip(out.chunks_mut(GEMV_ROWS))
-        {
-            if out.len() == GEMV_ROWS {
-                let (a, b) = rows.split_at(row_bytes);
-                // SAFETY: the caller guarantees AVX-512 VNNI; rows are `row_bytes`, q `4 * row_bytes`.
-                out.copy_from_slice(&unsafe { gemv_tile([a, b], q) });
-            } else {
-                // SAFETY: as above.
-                out[0] = unsafe { gemv_tile([rows], q) }[0];
+    unsafe fn raw_dots(codes: &[u8], rb: usize, q: &[i8], m: usize, out: &mut [i32]) {
+        let n = codes.len() / rb;
+        let mut t = 0;
+        // Token tiles outside, rows inside: the task's packed rows (a quarter of the bytes of the
+        // activations they meet) are what streams through the cache, once per token tile.
+        while t < m {
+            let tokens = if m - t >= TOKENS { TOKENS } else { 1 };
+            let mut r = 0;
+            while r < n {
+                let rows = if n - r >= ROWS { ROWS } else { 1 };
+                let tile = Tile {
+                    codes,
+                    rb,
+                    q,
+                    m,
+                    r,
+                    t,
+                };
+                // SAFETY: the caller guarantees AVX-512 VNNI and the lengths `tile` relies on.
+                unsafe {
+                    match (rows, tokens) {
+                        (ROWS, TOKENS) => tile.run::<ROWS, TOKENS>(out),
+                        (ROWS, _) => tile.run::<ROWS, 1>(out),
+                        (_, TOKENS) => tile.run::<1, TOKENS>(out),
+                        _ => tile.run::<1, 1>(out),
+                    }
+                }
+                r += rows;
             }
+            t += tokens;
         }
     }
+}
 
-    unsafe fn decode_row(row: &[u8], dst: &mut [u8]) {
-        // SAFETY: every AVX-512 CPU this path accepts also has AVX2 (checked by `Isa::is_supported`).
-        unsafe { decode_row(row, dst) }
-    }
+/// Where one tile of rows x tokens starts.
+struct Tile<'a> {
+    codes: &'a [u8],
+    rb: usize,
+    q: &'a [i8],
+    m: usize,
+    r: usize,
+    t: usize,
+}
 
-    unsafe fn dot_tile<const R: usize, const T: usize>(
-        codes: [&[u8]; R],
-        qs: [&[i8]; T],
-    ) -> [[i32; T]; R] {
-        // SAFETY: the caller guarantees AVX-512 VNNI and equal lengths that are multiples of 128.
-        unsafe { dot_tile(codes, qs) }
+impl Tile<'_> {
+    /// Computes rows `r..r + R` against tokens `t..t + T` and stores them in `out[row * m + token]`.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 VNNI; `codes` holds whole rows of `rb` bytes, `q` holds `m`
+    /// tokens of `4 * rb` activations, and the tile lies inside both.
+    #[inline]
+    unsafe fn run<const R: usize, const T: usize>(&self, out: &mut [i32]) {
+        let (rb, kp) = (self.rb, 4 * self.rb);
+        let rows = std::array::from_fn(|i| &self.codes[(self.r + i) * rb..(self.r + i + 1) * rb]);
+        let tokens = std::array::from_fn(|j| &self.q[(self.t + j) * kp..(self.t + j + 1) * kp]);
+        // SAFETY: forwarded from the caller; every slice is one whole row or token.
+        let sums = unsafe { packed_tile::<R, T>(rows, tokens) };
+        store(&sums, self.t, self.m, &mut out[self.r * self.m..]);
     }
 }
 
@@ -54,71 +94,77 @@ unsafe fn load64<T>(ptr: *const T) -> __m512i {
     unsafe { _mm512_loadu_si512(ptr.cast()) }
 }
 
-/// The 128 codes of one packed block as two vectors in column order: weights 0..64 are bits
-/// 7:6 and 5:4 of the 32 bytes, weights 64..128 bits 3:2 and 1:0.
+/// The 128 codes of the packed block at `ptr` as two vectors in column order: weights 0..64
+/// (bits 7:6 in the low half, 5:4 in the high half) and weights 64..128 (bits 3:2, then 1:0).
+/// Codes in the low half come out multiplied by 4 (they keep their place at bits 3:2), which
+/// [`unscale`] divides out of the sums exactly; this spares a variable shift per vector.
+///
+/// # Safety
+/// `ptr` points to at least 32 readable bytes.
 #[inline]
 #[target_feature(enable = "avx2,avx512f,avx512bw")]
-fn unpack_block(packed: __m256i) -> [__m512i; 2] {
-    let mask = _mm256_set1_epi8(3);
-    let group = |v: __m256i| _mm256_and_si256(v, mask);
-    let g0 = group(_mm256_srli_epi16::<6>(packed));
-    let g1 = group(_mm256_srli_epi16::<4>(packed));
-    let g2 = group(_mm256_srli_epi16::<2>(packed));
-    let g3 = group(packed);
-    [
-        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(g0), g1),
-        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(g2), g3),
-    ]
+unsafe fn unpack_block(ptr: *const u8) -> [__m512i; 2] {
+    // SAFETY: the caller guarantees 32 readable bytes.
+    let packed = _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(ptr.cast()) });
+    let per_half = |low: u8, high: u8| {
+        _mm512_inserti64x4::<1>(_mm512_set1_epi8(low as i8), _mm256_set1_epi8(high as i8))
+    };
+    // Bits 7:6 | 5:4 moved down by four land at 3:2 | 1:0; within each byte, so the 16-bit
+    // shift moves nothing across bytes once the other bits are masked off.
+    let group01 = _mm512_srli_epi16::<4>(_mm512_and_si512(packed, per_half(0xc0, 0x30)));
+    let group23 = _mm512_and_si512(packed, per_half(0x0c, 0x03));
+    [group01, group23]
 }
 
-/// Sums `code * q` over `R` packed rows against one token.
+/// Sums the i32 lanes of a tile accumulator, dividing the low half's lanes by the 4 that
+/// [`unpack_block`] left on their codes (exact: every product there is a multiple of 4).
+#[inline]
+#[target_feature(enable = "avx2,avx512f")]
+fn unscale(acc: __m512i) -> i32 {
+    let shifts = _mm512_inserti64x4::<1>(_mm512_set1_epi32(2), _mm256_setzero_si256());
+    _mm512_reduce_add_epi32(_mm512_srav_epi32(acc, shifts))
+}
+
+/// `out[r][t] = sum_c code(rows[r], c) * qs[t][c]` straight from packed rows.
+///
+/// `vpdpbusd` adds four products of at most 8 * 128 per i32 lane, two instructions per block,
+/// so a lane cannot overflow before K reaches 2^25.
 ///
 /// # Safety
-/// Every row is `q.len() / 4` bytes and `q.len()` is a multiple of 128.
+/// The CPU supports AVX-512 VNNI; every row is `qs[t].len() / 4` bytes and every token's
+/// length is a multiple of 128.
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
-unsafe fn gemv_tile<const R: usize>(rows: [&[u8]; R], q: &[i8]) -> [i32; R] {
-    let blocks = q.len() / BLOCK;
-    debug_assert!(rows.iter().all(|r| r.len() == blocks * BLOCK_BYTES));
-    let mut acc = [_mm512_setzero_si512(); R];
-    for b in 0..blocks {
-        // SAFETY: b < blocks, so the 128 activations and 32 packed bytes of block b exist.
-        let x: [__m512i; 2] =
-            std::array::from_fn(|h| unsafe { load64(q.as_ptr().add(b * BLOCK + h * 64)) });
-        for (acc, row) in acc.iter_mut().zip(rows) {
-            // SAFETY: as above.
-            let packed = unsafe { _mm256_loadu_si256(row.as_ptr().add(b * BLOCK_BYTES).cast()) };
-            let c = unpack_block(packed);
-            *acc = _mm512_dpbusd_epi32(*acc, c[0], x[0]);
-            *acc = _mm512_dpbusd_epi32(*acc, c[1], x[1]);
-        }
-    }
-    acc.map(|v| _mm512_reduce_add_epi32(v))
-}
-
-/// `out[r][t] = sum_c codes[r][c] * qs[t][c]` over unpacked codes.
-///
-/// # Safety
-/// All slices have the same length, a multiple of 64.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn dot_tile<const R: usize, const T: usize>(
-    codes: [&[u8]; R],
+unsafe fn packed_tile<const R: usize, const T: usize>(
+    rows: [&[u8]; R],
     qs: [&[i8]; T],
 ) -> [[i32; T]; R] {
-    let chunks = qs[0].len() / 64;
-    debug_assert!(codes.iter().all(|c| c.len() == chunks * 64));
-    debug_assert!(qs.iter().all(|q| q.len() == chunks * 64));
+    let blocks = qs[0].len() / BLOCK;
+    debug_assert!(rows.iter().all(|r| r.len() == blocks * BLOCK_BYTES));
+    debug_assert!(qs.iter().all(|q| q.len() == blocks * BLOCK));
     let mut acc = [[_mm512_setzero_si512(); T]; R];
-    for ch in 0..chunks {
-        // SAFETY: ch < chunks, so 64 bytes at ch * 64 exist in every slice.
-        let w: [__m512i; R] =
-            std::array::from_fn(|r| unsafe { load64(codes[r].as_ptr().add(ch * 64)) });
-        for t in 0..T {
-            // SAFETY: as above.
-            let x = unsafe { load64(qs[t].as_ptr().add(ch * 64)) };
-            for r in 0..R {
-                acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], w[r], x);
+    for b in 0..blocks {
+        let mut codes = [[_mm512_setzero_si512(); 2]; R];
+        for (c, row) in codes.iter_mut().zip(rows) {
+            // SAFETY: b < blocks, so 32 packed bytes of block b exist in every row.
+            *c = unsafe { unpack_block(row.as_ptr().add(b * BLOCK_BYTES)) };
+        }
+        for (t, q) in qs.iter().enumerate() {
+            for h in 0..2 {
+                // SAFETY: b < blocks, so the 128 activations of block b exist in every token.
+                let x = unsafe { load64(q.as_ptr().add(b * BLOCK + h * 64)) };
+                for (acc, codes) in acc.iter_mut().zip(&codes) {
+                    acc[t] = _mm512_dpbusd_epi32(acc[t], codes[h], x);
+                }
             }
         }
     }
-    acc.map(|row| row.map(|v| _mm512_reduce_add_epi32(v)))
+    // Plain loops rather than `map`: a closure would not inherit this function's target features
+    // and every reduction would become a call.
+    let mut sums = [[0; T]; R];
+    for (sums, acc) in sums.iter_mut().zip(acc) {
+        for (sum, acc) in sums.iter_mut().zip(acc) {
+            *sum = unscale(acc);
+        }
+    }
+    sums
 }

@@ -4,9 +4,11 @@
 //! (0, 1, 2); the driver subtracts the token's `sum(q)` once to recover `sum_c w(r, c) * q[t][c]`
 //! for `w = code - 1`. All arithmetic is integer, so every path gives the same bits.
 //!
-//! Decode (one token) streams each packed row once ([`TernaryKernel::gemv`]). Prefill (several
-//! tokens) unpacks a pair of rows into bytes once and reuses them for every token, four tokens
-//! at a time ([`TernaryKernel::dot_tile`]), so weight decoding is paid once per row, not per token.
+//! Decode (one token) streams each packed row once. For prefill (several tokens) the scalar and
+//! AVX2 paths unpack a pair of rows into bytes once and reuse them for every token, four tokens
+//! at a time ([`DecodingKernel`]); the AVX-512 path unpacks in registers and computes tiles of
+//! rows x tokens from the packed rows directly. Either way a weight is decoded once per tile,
+//! not once per product.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -24,14 +26,28 @@ use crate::error::{Result, TernaryError};
 use crate::i2s::{I2sView, TernaryLayout};
 use crate::quant::QuantizedActivations;
 
-/// Rows decoded together in the multi-token path.
+/// Rows decoded together in the multi-token path of the decoding kernels.
 const ROW_TILE: usize = 2;
 /// Tokens that share each load of decoded weights in the multi-token path.
 const TOKEN_TILE: usize = 4;
+/// Every rayon task gets a multiple of this many rows, so no kernel's row tile is split.
+const TASK_ROWS: usize = 4;
 
 /// What one instruction set provides. Implementations are zero-sized markers; their functions
 /// are `unsafe` because they may only run on a CPU that has the instruction set.
 trait TernaryKernel {
+    /// `out[r * m + t] = sum_c code(r, c) * q[t][c]` for every packed row in `codes` and each
+    /// of the `m` tokens in `q`.
+    ///
+    /// # Safety
+    /// The CPU supports the instruction set; `codes.len() * m == out.len() * row_bytes` and
+    /// `q.len() == m * 4 * row_bytes`, a multiple of the block per token.
+    unsafe fn raw_dots(codes: &[u8], row_bytes: usize, q: &[i8], m: usize, out: &mut [i32]);
+}
+
+/// A kernel that streams packed rows for one token and unpacks rows to one byte per code for
+/// several, so that unpacking is paid once per row, not per token.
+trait DecodingKernel {
     /// `out[r] = sum_c code(r, c) * q[c]` for every packed row in `codes`.
     ///
     /// # Safety
@@ -259,14 +275,13 @@ fn raw_dots(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Result<Vec<i3
 /// Enough tasks for rayon to balance the pool, each a whole number of row tiles.
 fn rows_per_task(n: usize) -> usize {
     let tasks = rayon::current_num_threads() * 8;
-    n.div_ceil(tasks).next_multiple_of(ROW_TILE).max(8)
+    n.div_ceil(tasks).next_multiple_of(TASK_ROWS).max(8)
 }
 
 fn run<K: TernaryKernel>(codes: &[u8], rb: usize, q: &[i8], m: usize, out: &mut [i32]) {
-    let kp = rb * 4;
     assert_eq!(
         q.len(),
-        m * kp,
+        m * rb * 4,
         "activations must be padded like the weights"
     );
     assert_eq!(
@@ -274,8 +289,25 @@ fn run<K: TernaryKernel>(codes: &[u8], rb: usize, q: &[i8], m: usize, out: &mut 
         out.len() * rb,
         "one output per row and token"
     );
+    // SAFETY: `raw_dots` checked the CPU supports K's instruction set; lengths asserted above.
+    unsafe { K::raw_dots(codes, rb, q, m, out) };
+}
+
+/// [`TernaryKernel::raw_dots`] for a [`DecodingKernel`]: packed rows for one token; for several,
+/// a pair of rows unpacked once and reused for every token.
+///
+/// # Safety
+/// As [`TernaryKernel::raw_dots`].
+unsafe fn decoded_dots<K: DecodingKernel>(
+    codes: &[u8],
+    rb: usize,
+    q: &[i8],
+    m: usize,
+    out: &mut [i32],
+) {
+    let kp = rb * 4;
     if m == 1 {
-        // SAFETY: `raw_dots` checked the CPU supports K's instruction set; lengths asserted above.
+        // SAFETY: forwarded from the caller.
         unsafe { K::gemv(codes, rb, q, out) };
         return;
     }
@@ -289,7 +321,7 @@ fn run<K: TernaryKernel>(codes: &[u8], rb: usize, q: &[i8], m: usize, out: &mut 
             .zip(out.chunks_mut(ROW_TILE * m))
         {
             for (row, dst) in tile.chunks_exact(rb).zip(decoded.chunks_exact_mut(kp)) {
-                // SAFETY: CPU support checked by `raw_dots`; `dst` is 4 bytes per packed byte.
+                // SAFETY: CPU support guaranteed by the caller; `dst` is 4 bytes per packed byte.
                 unsafe { K::decode_row(row, dst) };
             }
             if tile.len() == ROW_TILE * rb {
@@ -302,7 +334,7 @@ fn run<K: TernaryKernel>(codes: &[u8], rb: usize, q: &[i8], m: usize, out: &mut 
 }
 
 /// Runs `R` decoded rows against all `m` tokens, `TOKEN_TILE` at a time, then one at a time.
-fn token_tiles<K: TernaryKernel, const R: usize>(
+fn token_tiles<K: DecodingKernel, const R: usize>(
     decoded: &[u8],
     q: &[i8],
     kp: usize,
@@ -315,7 +347,7 @@ fn token_tiles<K: TernaryKernel, const R: usize>(
     while t < m {
         let tile = if m - t >= TOKEN_TILE { TOKEN_TILE } else { 1 };
         if tile == TOKEN_TILE {
-            // SAFETY: CPU support checked by `raw_dots`; every slice is `kp` long.
+            // SAFETY: CPU support guaranteed by `decoded_dots`' caller; every slice is `kp` long.
             let sums = unsafe {
                 K::dot_tile::<R, TOKEN_TILE>(codes, std::array::from_fn(|i| token(t + i)))
             };
@@ -329,6 +361,7 @@ fn token_tiles<K: TernaryKernel, const R: usize>(
     }
 }
 
+/// Writes a tile of sums for rows `0..R` and tokens `t0..t0 + T` into `out[row * m + token]`.
 fn store<const R: usize, const T: usize>(
     sums: &[[i32; T]; R],
     t0: usize,

@@ -1,6 +1,6 @@
 //! Portable reference path: plain loops over the I2_S layout.
 
-use super::TernaryKernel;
+use super::{DecodingKernel, TernaryKernel, decoded_dots};
 use crate::i2s::{BLOCK, BLOCK_BYTES};
 
 pub(super) struct Scalar;
@@ -10,6 +10,13 @@ pub(super) struct Scalar;
 const SHIFTS: [u32; 4] = [6, 4, 2, 0];
 
 impl TernaryKernel for Scalar {
+    unsafe fn raw_dots(codes: &[u8], rb: usize, q: &[i8], m: usize, out: &mut [i32]) {
+        // SAFETY: forwarded from the caller.
+        unsafe { decoded_dots::<Self>(codes, rb, q, m, out) }
+    }
+}
+
+impl DecodingKernel for Scalar {
     unsafe fn gemv(codes: &[u8], row_bytes: usize, q: &[i8], out: &mut [i32]) {
         for (row, out) in codes.chunks_exact(row_bytes).zip(out) {
             *out = row
