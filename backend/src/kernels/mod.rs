@@ -16,7 +16,7 @@ mod avx2;
 mod avx512;
 mod scalar;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::OnceLock;
 
@@ -32,6 +32,10 @@ const ROW_TILE: usize = 2;
 const TOKEN_TILE: usize = 4;
 /// Every rayon task gets a multiple of this many rows, so no kernel's row tile is split.
 const TASK_ROWS: usize = 4;
+/// Tokens per rayon task when turning sums into outputs; 16 i32 share a cache line of sums.
+const FINISH_TOKENS: usize = 16;
+/// Rows per block in that step: the sums they read stay in L1 while a band of tokens uses them.
+const FINISH_ROWS: usize = 64;
 
 /// What one instruction set provides. Implementations are zero-sized markers; their functions
 /// are `unsafe` because they may only run on a CPU that has the instruction set.
@@ -174,7 +178,8 @@ impl Isa {
 
 /// Exact accumulators `acc[t][r] = sum_c q[t][c] * w[r][c]`, row-major `[m, n]`.
 pub fn ternary_matmul_i32(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Result<Vec<i32>> {
-    let raw = raw_dots(isa, w, x)?;
+    let mut raw = Vec::new();
+    raw_dots(isa, w, x, &mut raw)?;
     let (m, n) = (x.m, w.layout.n);
     let mut acc = vec![0i32; m * n];
     for (t, row) in acc.chunks_exact_mut(n).enumerate() {
@@ -192,10 +197,17 @@ pub fn ternary_linear_quantized(
     w: I2sView<'_>,
     x: &QuantizedActivations,
 ) -> Result<Vec<f32>> {
-    let raw = raw_dots(isa, w, x)?;
-    Ok(finish_linear(&w.layout, x, |r, t| {
-        raw[r * x.m + t] - x.sums[t]
-    }))
+    thread_local! {
+        // Reused across calls: a fresh multi-MiB buffer per layer costs page faults in prefill.
+        static RAW: Cell<Vec<i32>> = const { Cell::new(Vec::new()) };
+    }
+    // Taken rather than borrowed, so a nested call on this thread (rayon work stealing) gets
+    // a buffer of its own instead of a borrow error.
+    let mut raw = RAW.take();
+    let y =
+        raw_dots(isa, w, x, &mut raw).map(|()| finish_linear(&w.layout, x, &raw, Some(&x.sums)));
+    RAW.set(raw);
+    y
 }
 
 /// Fails unless `x` was quantized for weights of this layout (same `k`, same padding).
@@ -212,21 +224,37 @@ pub(crate) fn check_activations(layout: &TernaryLayout, x: &QuantizedActivations
     Ok(())
 }
 
-/// The float outputs `[m, n]` from exact accumulators `acc(r, t)`, in the reference's order of
-/// operations (shared by every kernel family, so they agree bit for bit).
+/// The float outputs `[m, n]` from sums `raw[r * m + t]` minus `offsets[t]` (if any): the
+/// exact accumulators, in the reference's order of operations (shared by every kernel family,
+/// so they agree bit for bit). Tokens are split across the rayon pool in bands; within a band,
+/// rows go in blocks so that each cache line of `raw` serves every token of the band.
 pub(crate) fn finish_linear(
     layout: &TernaryLayout,
     x: &QuantizedActivations,
-    acc: impl Fn(usize, usize) -> i32,
+    raw: &[i32],
+    offsets: Option<&[i32]>,
 ) -> Vec<f32> {
     let (m, n) = (x.m, layout.n);
     let (scale, convention) = (layout.scale, layout.convention);
-    let mut y = vec![0f32; m * n];
-    for (t, row) in y.chunks_exact_mut(n).enumerate() {
-        let x_scale = x.scales[t];
-        for (r, out) in row.iter_mut().enumerate() {
-            *out = convention.output(acc(r, t), x_scale, scale);
+    let finish_band = |(band, y): (usize, &mut [f32])| {
+        for r0 in (0..n).step_by(FINISH_ROWS) {
+            let rows = r0..(r0 + FINISH_ROWS).min(n);
+            for (i, y) in y.chunks_exact_mut(n).enumerate() {
+                let t = band * FINISH_TOKENS + i;
+                let (x_scale, offset) = (x.scales[t], offsets.map_or(0, |o| o[t]));
+                for r in rows.clone() {
+                    y[r] = convention.output(raw[r * m + t] - offset, x_scale, scale);
+                }
+            }
         }
+    };
+    let mut y = vec![0f32; m * n];
+    if m <= FINISH_TOKENS {
+        finish_band((0, &mut y));
+    } else {
+        y.par_chunks_mut(FINISH_TOKENS * n)
+            .enumerate()
+            .for_each(finish_band);
     }
     y
 }
@@ -245,13 +273,14 @@ pub fn ternary_linear(isa: Isa, w: I2sView<'_>, x: &[f32], m: usize) -> Result<V
 }
 
 /// `raw[r * m + t]` for all rows and tokens, rows split across the rayon pool.
-fn raw_dots(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Result<Vec<i32>> {
+fn raw_dots(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations, raw: &mut Vec<i32>) -> Result<()> {
     isa.check_supported()?;
     check_activations(&w.layout, x)?;
     let (m, n, rb) = (x.m, w.layout.n, w.layout.row_bytes());
-    let mut raw = vec![0i32; n * m];
+    raw.clear();
+    raw.resize(n * m, 0);
     if m == 0 {
-        return Ok(raw);
+        return Ok(());
     }
     let rows_per_task = rows_per_task(n);
     raw.par_chunks_mut(rows_per_task * m)
@@ -269,7 +298,7 @@ fn raw_dots(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Result<Vec<i3
                 _ => unreachable!("check_supported rejects x86 paths on other architectures"),
             }
         });
-    Ok(raw)
+    Ok(())
 }
 
 /// Enough tasks for rayon to balance the pool, each a whole number of row tiles.

@@ -237,7 +237,7 @@ pub fn lut_linear_quantized(
     x: &QuantizedActivations,
 ) -> Result<Vec<f32>> {
     let acc = accumulators(isa, w, x)?;
-    Ok(finish_linear(&w.layout, x, |r, t| acc[r * x.m + t]))
+    Ok(finish_linear(&w.layout, x, &acc, None))
 }
 
 /// Quantizes `x` (`[m, k]`, row-major) per token and applies the layer: `[m, n]`.
