@@ -7,6 +7,8 @@
 //! moves both `q` (on ties) and the output, so the rule is part of the weight format
 //! ([`ActivationScale`]).
 
+use rayon::prelude::*;
+
 /// Smallest `amax` used for the scale, so an all-zero row quantizes to zeros instead of NaN.
 pub const AMAX_FLOOR: f32 = 1e-5;
 
@@ -81,10 +83,25 @@ impl QuantizedActivations {
         self.q.resize(m * k_padded, 0);
         self.scales.clear();
         self.sums.clear();
-        for (row, q) in x.chunks_exact(k).zip(self.q.chunks_exact_mut(k_padded)) {
-            let (scale, sum) = quantize_row(row, &mut q[..k], rule);
-            self.scales.push(scale);
-            self.sums.push(sum);
+        if k == 0 {
+            self.scales.resize(m, rule.scale(0.0));
+            self.sums.resize(m, 0);
+            return;
+        }
+        let quantize = |(row, q): (&[f32], &mut [i8])| quantize_row(row, &mut q[..k], rule);
+        if m > 1 {
+            // Prefill quantizes [tokens, hidden] per layer: rows are independent, so spread
+            // them over the pool. One row (decode) is too little work to share.
+            x.par_chunks_exact(k)
+                .zip(self.q.par_chunks_exact_mut(k_padded))
+                .map(quantize)
+                .unzip_into_vecs(&mut self.scales, &mut self.sums);
+        } else {
+            let rows = x.chunks_exact(k).zip(self.q.chunks_exact_mut(k_padded));
+            for (scale, sum) in rows.map(quantize) {
+                self.scales.push(scale);
+                self.sums.push(sum);
+            }
         }
     }
 
