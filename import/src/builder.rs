@@ -5,7 +5,9 @@
 //! (`self_attn.attn_sub_norm`, `mlp.ffn_sub_norm`) — so shapes are checked and layers assembled
 //! in one place.
 
-use bitnet_backend::I2sWeights;
+use std::sync::Arc;
+
+use bitnet_backend::{HalfMatrix, I2sWeights};
 use bitnet_model::{
     Attention, BitLinear, BitNetConfig, BitNetModel, DecoderLayer, FeedForward, RmsNorm,
     RotaryEmbedding,
@@ -49,7 +51,7 @@ pub(crate) fn build_model(
         config,
         device,
     };
-    let model = builder.model(&progress)?.with_half_head();
+    let model = builder.model(&progress)?;
     progress.finish_and_clear();
     let unused = source.unused();
     if !unused.is_empty() {
@@ -70,6 +72,11 @@ fn progress_bar(steps: u64, bytes: usize) -> ProgressBar {
     bar
 }
 
+/// The LM head `[vocab, hidden]` in 16 bits, if that is exact (see `BitNetModel::half_head`).
+fn half_matrix(values: &[f32], c: &BitNetConfig) -> Option<HalfMatrix> {
+    HalfMatrix::from_f32_exact(values, c.vocab_size, c.hidden_size)
+}
+
 /// The canonical name of layer `i`'s tensors start with this.
 pub(crate) fn layer_prefix(i: usize) -> String {
     format!("model.layers.{i}")
@@ -84,7 +91,12 @@ struct Builder<'a> {
 impl Builder<'_> {
     fn model(&self, progress: &ProgressBar) -> Result<BitNetModel> {
         let c = self.config;
-        let embed = self.matrix("model.embed_tokens.weight", c.vocab_size, c.hidden_size)?;
+        let embed = self
+            .source
+            .float("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
+        // The 16-bit head copy is made from the values as read, before they become a tensor
+        // (reading a tensor back would copy the whole table once more).
+        let mut half_head = c.tie_word_embeddings.then(|| half_matrix(&embed, c));
         progress.inc(1);
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
@@ -97,7 +109,11 @@ impl Builder<'_> {
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            let weight = self.matrix("lm_head.weight", c.vocab_size, c.hidden_size)?;
+            let values = self
+                .source
+                .float("lm_head.weight", &[c.vocab_size, c.hidden_size])?;
+            half_head = Some(half_matrix(&values, c));
+            let weight = self.tensor(values, c.vocab_size, c.hidden_size);
             Some(Linear {
                 weight: Param::from_tensor(weight.transpose()),
                 bias: None,
@@ -106,12 +122,12 @@ impl Builder<'_> {
         progress.inc(1);
         Ok(BitNetModel {
             embed_tokens: Embedding {
-                weight: Param::from_tensor(embed),
+                weight: Param::from_tensor(self.tensor(embed, c.vocab_size, c.hidden_size)),
             },
             layers,
             norm,
             lm_head,
-            half_head: None,
+            half_head: half_head.flatten().map(Arc::new),
             rope: RotaryEmbedding::new(c),
             config: c.clone(),
         })
@@ -156,12 +172,8 @@ impl Builder<'_> {
     }
 
     /// A float matrix `[rows, cols]` on the device.
-    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor<2>> {
-        let values = self.source.float(name, &[rows, cols])?;
-        Ok(Tensor::from_data(
-            TensorData::new(values, [rows, cols]),
-            self.device,
-        ))
+    fn tensor(&self, values: Vec<f32>, rows: usize, cols: usize) -> Tensor<2> {
+        Tensor::from_data(TensorData::new(values, [rows, cols]), self.device)
     }
 
     /// An RMSNorm whose gain is `{prefix}.weight`.

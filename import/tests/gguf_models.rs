@@ -222,6 +222,12 @@ fn f16_embedding_gives_an_exact_half_head_that_matches_the_f32_head() {
         half_head: None,
         ..load(&dir.join("bitnet_b158_i2s.i2_s.gguf"), &device)
     };
+    let rebuilt = BitNetModel {
+        half_head: None,
+        ..load(&dir.join("bitnet_b158_i2s.i2_s.gguf"), &device)
+    }
+    .with_half_head();
+    assert_eq!(rebuilt.half_head.map(|h| h.format()), Some("f16"));
     for prompt in bitnet_cpp_run(&dir.join("out-i2_s.json")) {
         // Decode-sized calls: one to eight positions use the 16-bit head.
         let ids = &prompt.ids[..prompt.ids.len().min(8)];

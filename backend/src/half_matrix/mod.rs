@@ -11,6 +11,7 @@
 mod avx2;
 mod scalar;
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -45,10 +46,16 @@ impl HalfMatrix {
         if values.len() != rows.checked_mul(cols)? {
             return None;
         }
-        let values = if values.iter().all(|&v| f16::from_f32(v).to_f32() == v) {
-            Values::F16(values.iter().map(|&v| f16::from_f32(v)).collect())
-        } else if values.iter().all(|&v| bf16::from_f32(v).to_f32() == v) {
-            Values::Bf16(values.iter().map(|&v| bf16::from_f32(v)).collect())
+        let values = if let Some(halves) = f16_exact(values) {
+            Values::F16(halves)
+        } else if values.par_iter().all(|v| v.to_bits() & 0xffff == 0) {
+            // The low half of every f32 is zero: the upper half is the BF16 of the same value.
+            Values::Bf16(
+                values
+                    .par_iter()
+                    .map(|v| bf16::from_bits((v.to_bits() >> 16) as u16))
+                    .collect(),
+            )
         } else {
             return None;
         };
@@ -100,6 +107,27 @@ impl HalfMatrix {
         }
         Ok(y)
     }
+}
+
+/// `values` in F16 if each one converts there and back to the same bits. Chunks on the pool
+/// with `half`'s slice conversions (F16C when the CPU has it): a model load runs this over the
+/// whole embedding, which per-value conversions made slower than the rest of the load.
+fn f16_exact(values: &[f32]) -> Option<Vec<f16>> {
+    const CHUNK: usize = 4096;
+    let mut halves = vec![f16::ZERO; values.len()];
+    let exact = halves
+        .par_chunks_mut(CHUNK)
+        .zip(values.par_chunks(CHUNK))
+        .all(|(halves, values)| {
+            halves.convert_from_f32_slice(values);
+            let mut back = [0f32; CHUNK];
+            let back = &mut back[..values.len()];
+            halves.convert_to_f32_slice(back);
+            back.iter()
+                .zip(values)
+                .all(|(b, v)| b.to_bits() == v.to_bits())
+        });
+    exact.then_some(halves)
 }
 
 /// A 16-bit float both paths can widen.
