@@ -5,6 +5,8 @@
 //! (`self_attn.attn_sub_norm`, `mlp.ffn_sub_norm`) — so shapes are checked and layers assembled
 //! in one place.
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bitnet_backend::{HalfMatrix, I2sWeights};
@@ -75,6 +77,23 @@ fn progress_bar(steps: u64, bytes: usize) -> ProgressBar {
 /// The LM head `[vocab, hidden]` in 16 bits, if that is exact (see `BitNetModel::half_head`).
 fn half_matrix(values: &[f32], c: &BitNetConfig) -> Option<HalfMatrix> {
     HalfMatrix::from_f32_exact(values, c.vocab_size, c.hidden_size)
+}
+
+/// The tensors of a file a model has read, to list the ones it did not (a file with tensors
+/// the model has no place for is not the model it claims to be).
+#[derive(Default)]
+pub(crate) struct UsedNames(RefCell<BTreeSet<String>>);
+
+impl UsedNames {
+    pub(crate) fn mark(&self, name: &str) {
+        self.0.borrow_mut().insert(name.to_string());
+    }
+
+    /// The names in `all` not marked, in their order.
+    pub(crate) fn unused<'a>(&self, all: impl Iterator<Item = &'a String>) -> Vec<String> {
+        let used = self.0.borrow();
+        all.filter(|name| !used.contains(*name)).cloned().collect()
+    }
 }
 
 /// The canonical name of layer `i`'s tensors start with this.

@@ -16,8 +16,6 @@
 //! as the kernels read them, with the layout (shape, scale, scale convention, activation rule)
 //! in the header, so HF-derived and bitnet.cpp-derived models keep their exact arithmetic.
 
-use std::cell::RefCell;
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -28,7 +26,7 @@ use indicatif::ProgressBar;
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
-use crate::builder::{WeightSource, build_model};
+use crate::builder::{UsedNames, WeightSource, build_model};
 use crate::error::{ImportError, Result};
 use crate::model_tensors::{ModelTensor, model_tensors};
 use crate::staged::StagedFile;
@@ -216,7 +214,7 @@ pub fn load_converted_model(path: &Path, device: &Device) -> Result<BitNetModel>
     let file = ConvertedFile::open(path)?;
     let source = ConvertedSource {
         file: &file,
-        used: RefCell::new(BTreeSet::new()),
+        used: UsedNames::default(),
     };
     build_model(&source, &file.header.config, device)
 }
@@ -339,12 +337,12 @@ fn parse(bytes: &[u8]) -> std::result::Result<(Header, u64), String> {
 
 struct ConvertedSource<'a> {
     file: &'a ConvertedFile,
-    used: RefCell<BTreeSet<String>>,
+    used: UsedNames,
 }
 
 impl ConvertedSource<'_> {
     fn tensor(&self, name: &str) -> Result<(&StoredKind, &[u8])> {
-        self.used.borrow_mut().insert(name.to_string());
+        self.used.mark(name);
         self.file.tensor(name)
     }
 }
@@ -381,14 +379,8 @@ impl WeightSource for ConvertedSource<'_> {
     }
 
     fn unused(&self) -> Vec<String> {
-        let used = self.used.borrow();
-        self.file
-            .header
-            .tensors
-            .iter()
-            .filter(|t| !used.contains(&t.name))
-            .map(|t| t.name.clone())
-            .collect()
+        self.used
+            .unused(self.file.header.tensors.iter().map(|t| &t.name))
     }
 
     fn total_bytes(&self) -> usize {

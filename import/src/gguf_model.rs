@@ -6,15 +6,13 @@
 //! else F32, F16, BF16, Q8_0 or Q6_K. The weights follow bitnet.cpp's arithmetic: the scale
 //! multiplies and activations scale by `127 / amax` rounded once.
 
-use std::cell::RefCell;
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use bitnet_backend::{ActivationScale, I2sWeights, ScaleConvention};
 use bitnet_model::{BitNetConfig, BitNetModel, FfnActivation, TernaryLinearSpec};
 use burn::tensor::Device;
 
-use crate::builder::{WeightSource, build_model};
+use crate::builder::{UsedNames, WeightSource, build_model};
 use crate::error::{ImportError, Result};
 use crate::ggml::{decode_float, decode_ternary, ternary_from_floats};
 use crate::gguf::{GgufFile, GgufHeader, GgufTensor};
@@ -54,10 +52,10 @@ pub fn load_gguf_model(path: &Path, device: &Device) -> Result<BitNetModel> {
         file: &file,
         arch,
         heads: (config.num_attention_heads, config.num_key_value_heads),
-        used: RefCell::new(BTreeSet::new()),
+        used: UsedNames::default(),
     };
     if config.rope_freq_factors.is_some() {
-        source.mark_used("rope_freqs.weight");
+        source.used.mark("rope_freqs.weight");
     }
     build_model(&source, &config, device)
 }
@@ -235,18 +233,14 @@ struct GgufSource<'a> {
     arch: GgufArch,
     /// Query and key/value heads (to undo llama.cpp's row interleaving).
     heads: (usize, usize),
-    used: RefCell<BTreeSet<String>>,
+    used: UsedNames,
 }
 
 impl GgufSource<'_> {
-    fn mark_used(&self, name: &str) {
-        self.used.borrow_mut().insert(name.to_string());
-    }
-
     fn tensor(&self, canonical: &str) -> Result<(String, GgufTensor<'_>)> {
         let name = gguf_name(canonical);
         let tensor = self.file.tensor(&name)?;
-        self.mark_used(&name);
+        self.used.mark(&name);
         Ok((name, tensor))
     }
 
@@ -268,7 +262,7 @@ impl GgufSource<'_> {
 impl WeightSource for GgufSource<'_> {
     fn float(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let gguf = gguf_name(name);
-        self.mark_used(&gguf);
+        self.used.mark(&gguf);
         float_tensor(self.file, &gguf, shape)
     }
 
@@ -297,14 +291,8 @@ impl WeightSource for GgufSource<'_> {
     }
 
     fn unused(&self) -> Vec<String> {
-        let used = self.used.borrow();
-        self.file
-            .header()
-            .tensors
-            .iter()
-            .filter(|t| !used.contains(&t.name))
-            .map(|t| t.name.clone())
-            .collect()
+        self.used
+            .unused(self.file.header().tensors.iter().map(|t| &t.name))
     }
 
     fn total_bytes(&self) -> usize {

@@ -49,6 +49,13 @@ fn tensor_fields(bytes: &[u8], name: &str, n_dims: usize) -> (usize, usize, usiz
     (dims, ty, ty + 4)
 }
 
+/// A copy of `bytes` with `edit` applied.
+fn damaged(bytes: &[u8], edit: &dyn Fn(&mut Vec<u8>)) -> Vec<u8> {
+    let mut copy = bytes.to_vec();
+    edit(&mut copy);
+    copy
+}
+
 fn put_u64(bytes: &mut [u8], at: usize, v: u64) {
     bytes[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
@@ -87,11 +94,7 @@ fn damaged_headers_name_the_problem() {
     let Some(bytes) = source() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let damaged = |edit: &dyn Fn(&mut Vec<u8>)| {
-        let mut copy = bytes.clone();
-        edit(&mut copy);
-        copy
-    };
+    let damaged = |edit: &dyn Fn(&mut Vec<u8>)| damaged(&bytes, edit);
     assert_error(dir, &damaged(&|b| b[0] = b'X'), "wrong magic");
     assert_error(
         dir,
@@ -136,11 +139,7 @@ fn bad_tensor_descriptions_name_the_tensor() {
     let Some(bytes) = source() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let damaged = |edit: &dyn Fn(&mut Vec<u8>)| {
-        let mut copy = bytes.clone();
-        edit(&mut copy);
-        copy
-    };
+    let damaged = |edit: &dyn Fn(&mut Vec<u8>)| damaged(&bytes, edit);
     let (dims, ty, offset) = tensor_fields(&bytes, "output_norm.weight", 1);
     assert_error(
         dir,
@@ -194,11 +193,7 @@ fn bad_tensor_data_and_metadata_name_the_problem() {
             .unwrap()
             .offset as usize;
     let scale_at = q_start + q.elements() / 4;
-    let damaged = |edit: &dyn Fn(&mut Vec<u8>)| {
-        let mut copy = bytes.clone();
-        edit(&mut copy);
-        copy
-    };
+    let damaged = |edit: &dyn Fn(&mut Vec<u8>)| damaged(&bytes, edit);
     let nan = damaged(&|b| b[scale_at..scale_at + 4].copy_from_slice(&f32::NAN.to_le_bytes()));
     assert_error(dir, &nan, "blk.0.attn_q.weight");
     assert!(load_error(dir, &nan).contains("NaN"));

@@ -60,19 +60,6 @@ fn assert_hard(what: &str, got: &[f32], want: &[f32]) {
     );
 }
 
-/// The manifest's strict limit, for runs that share every int8 rounding.
-fn assert_strict(what: &str, got: &[f32], want: &[f32]) {
-    let absmax = max_abs(want).max(1.0);
-    let max = got
-        .iter()
-        .zip(want)
-        .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
-    assert!(
-        max <= 1e-4 * absmax,
-        "{what}: max|d| {max} (absmax {absmax})"
-    );
-}
-
 struct Prompt {
     ids: Vec<i64>,
     /// bitnet.cpp's logits at every prompt position, `[T * vocab]`.
@@ -140,7 +127,7 @@ fn float_and_i2s_files_of_one_model_agree() {
         let dir = dir.join(model);
         let f32_model = load(&dir.join(format!("{model}.f32.gguf")), &device);
         let i2s_model = load(&dir.join(format!("{model}.i2_s.gguf")), &device);
-        assert_strict(
+        common::assert_strict(
             model,
             &logits(&f32_model, &prompt, &device),
             &logits(&i2s_model, &prompt, &device),
@@ -181,7 +168,7 @@ fn i2s_file_with_rows_bitnet_cpp_cannot_run_matches_the_reference() {
             .collect();
         let ours = logits(&model, &ids, &device);
         assert_hard(id, &ours, &golden.f32(&format!("{id}.logits")));
-        assert_strict(id, &ours, &logits(&hf, &ids, &device));
+        common::assert_strict(id, &ours, &logits(&hf, &ids, &device));
     }
 }
 
@@ -232,7 +219,7 @@ fn f16_embedding_gives_an_exact_half_head_that_matches_the_f32_head() {
         // Decode-sized calls: one to eight positions use the 16-bit head.
         let ids = &prompt.ids[..prompt.ids.len().min(8)];
         let got = logits(&with_half, ids, &device);
-        assert_strict(
+        common::assert_strict(
             "16-bit head vs f32 head",
             &got,
             &logits(&without, ids, &device),

@@ -40,19 +40,6 @@ fn logits(model: &BitNetModel, ids: &[i64], device: &Device) -> Vec<f32> {
 
 const PROMPT: [i64; 6] = [1, 17, 42, 99, 7, 250];
 
-/// The manifest's strict limit.
-fn assert_close(what: &str, got: &[f32], want: &[f32]) {
-    let absmax = want.iter().fold(1f32, |m, x| m.max(x.abs()));
-    let max = got
-        .iter()
-        .zip(want)
-        .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
-    assert!(
-        max <= 1e-4 * absmax,
-        "{what}: max|d| {max} (absmax {absmax})"
-    );
-}
-
 #[test]
 fn converted_files_reproduce_every_golden_model_exactly() {
     let device = Device::flex();
@@ -102,7 +89,7 @@ fn exported_gguf_files_load_back_with_the_same_logits() {
             Err(e) => panic!("{}: {e}", dir.display()),
         }
         let gguf = load_gguf_model(&path, &device).unwrap();
-        assert_close(
+        common::assert_strict(
             &dir.display().to_string(),
             &logits(&gguf, &PROMPT, &device),
             &logits(&hf, &PROMPT, &device),
@@ -125,7 +112,7 @@ fn demo_model_and_its_tokenizer_survive_gguf_export() {
         load_tokenizer(&dir).unwrap().encode(text, true).unwrap()
     );
     let gguf = load_gguf_model(&path, &device).unwrap();
-    assert_close(
+    common::assert_strict(
         "demo",
         &logits(&gguf, &PROMPT, &device),
         &logits(&hf, &PROMPT, &device),

@@ -8,6 +8,21 @@ use std::path::PathBuf;
 use half::f16;
 use safetensors::{Dtype, SafeTensors};
 
+/// The manifest's strict limit, for runs that share every int8 rounding: max |got - want| <=
+/// 1e-4 x max(|want|, 1).
+pub fn assert_strict(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let absmax = want.iter().fold(1f32, |m, x| m.max(x.abs()));
+    let max = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+    assert!(
+        max <= 1e-4 * absmax,
+        "{what}: max|d| {max} (absmax {absmax})"
+    );
+}
+
 /// `../shared/golden` beside the repository (or `BITNET_GOLDEN_DIR`), if present.
 pub fn golden_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("BITNET_GOLDEN_DIR")
