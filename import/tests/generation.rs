@@ -297,14 +297,7 @@ fn greedy_generation_through_a_session_equals_the_golden_tokens() {
     let Some(parity) = shared("parity/bitnet2b4t_pub") else {
         return;
     };
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(golden.join("manifest.json")).unwrap()).unwrap();
-    let case = manifest["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "bitnet2b4t_pub")
-        .unwrap();
+    let case = common::manifest_case(&golden, "bitnet2b4t_pub");
     let device = Device::flex();
     let model = load_hf_model(&golden.join(case["model_dir"].as_str().unwrap()), &device).unwrap();
     // bitnet.cpp's GGUF of this model carries a generated vocabulary of the right size.

@@ -4,12 +4,13 @@
 
 #[path = "../../backend/tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 
 use bitnet_import::{load_gguf_model, load_hf_model, load_tokenizer};
 use bitnet_model::BitNetModel;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use common::Golden;
 
 /// `../shared/parity` (or `BITNET_PARITY_DIR`), if present.
@@ -26,14 +27,6 @@ fn parity_dir() -> Option<PathBuf> {
         );
         None
     }
-}
-
-fn logits(model: &BitNetModel, ids: &[i64], device: &Device) -> Vec<f32> {
-    let mut cache = model.new_cache(1, ids.len());
-    let input: Tensor<2, Int> =
-        Tensor::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), device);
-    let out = model.forward(input, &mut cache).unwrap();
-    out.into_data().convert::<f32>().try_to_vec().unwrap()
 }
 
 fn max_abs(v: &[f32]) -> f32 {
@@ -106,11 +99,11 @@ fn bitnet_cpp_i2s_file_matches_bitnet_cpp_and_the_hf_reference() {
         .iter()
         .enumerate()
     {
-        let ours = logits(&model, &prompt.ids, &device);
+        let ours = support::logits(&model, &prompt.ids, &device);
         assert_hard(&format!("prompt {i} vs bitnet.cpp"), &ours, &prompt.logits);
         let reference = golden.f32(&format!("seq{i}.logits"));
         assert_hard(&format!("prompt {i} vs HF transformers"), &ours, &reference);
-        let from_hf = logits(&hf, &prompt.ids, &device);
+        let from_hf = support::logits(&hf, &prompt.ids, &device);
         assert_hard(&format!("prompt {i} vs the HF directory"), &ours, &from_hf);
     }
 }
@@ -129,8 +122,8 @@ fn float_and_i2s_files_of_one_model_agree() {
         let i2s_model = load(&dir.join(format!("{model}.i2_s.gguf")), &device);
         common::assert_strict(
             model,
-            &logits(&f32_model, &prompt, &device),
-            &logits(&i2s_model, &prompt, &device),
+            &support::logits(&f32_model, &prompt, &device),
+            &support::logits(&i2s_model, &prompt, &device),
         );
     }
 }
@@ -150,14 +143,7 @@ fn i2s_file_with_rows_bitnet_cpp_cannot_run_matches_the_reference() {
     );
     let hf = load_hf_model(&golden_dir.join("models/bitnet2b4t_pub"), &device).unwrap();
     let golden = Golden::open(golden_dir.join("bitnet2b4t_pub.golden.safetensors"));
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(golden_dir.join("manifest.json")).unwrap()).unwrap();
-    let case = manifest["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "bitnet2b4t_pub")
-        .unwrap();
+    let case = common::manifest_case(&golden_dir, "bitnet2b4t_pub");
     for sequence in case["sequences"].as_array().unwrap() {
         let id = sequence["id"].as_str().unwrap();
         let ids: Vec<i64> = sequence["input_ids"]
@@ -166,9 +152,9 @@ fn i2s_file_with_rows_bitnet_cpp_cannot_run_matches_the_reference() {
             .iter()
             .map(|t| t.as_i64().unwrap())
             .collect();
-        let ours = logits(&model, &ids, &device);
+        let ours = support::logits(&model, &ids, &device);
         assert_hard(id, &ours, &golden.f32(&format!("{id}.logits")));
-        common::assert_strict(id, &ours, &logits(&hf, &ids, &device));
+        common::assert_strict(id, &ours, &support::logits(&hf, &ids, &device));
     }
 }
 
@@ -218,11 +204,11 @@ fn f16_embedding_gives_an_exact_half_head_that_matches_the_f32_head() {
     for prompt in bitnet_cpp_run(&dir.join("out-i2_s.json")) {
         // Decode-sized calls: one to eight positions use the 16-bit head.
         let ids = &prompt.ids[..prompt.ids.len().min(8)];
-        let got = logits(&with_half, ids, &device);
+        let got = support::logits(&with_half, ids, &device);
         common::assert_strict(
             "16-bit head vs f32 head",
             &got,
-            &logits(&without, ids, &device),
+            &support::logits(&without, ids, &device),
         );
     }
 }

@@ -3,6 +3,7 @@
 
 #[path = "../../backend/tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 
@@ -10,8 +11,7 @@ use bitnet_import::{
     GgufFile, TokenizerFiles, load_converted_model, load_gguf_model, load_hf_model, load_model,
     load_tokenizer, save_converted, save_gguf,
 };
-use bitnet_model::BitNetModel;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use indicatif::ProgressBar;
 
 fn golden_models() -> Vec<PathBuf> {
@@ -30,14 +30,6 @@ fn demo_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tiny-shakespeare")
 }
 
-fn logits(model: &BitNetModel, ids: &[i64], device: &Device) -> Vec<f32> {
-    let mut cache = model.new_cache(1, ids.len());
-    let input: Tensor<2, Int> =
-        Tensor::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), device);
-    let out = model.forward(input, &mut cache).unwrap();
-    out.into_data().convert::<f32>().try_to_vec().unwrap()
-}
-
 const PROMPT: [i64; 6] = [1, 17, 42, 99, 7, 250];
 
 #[test]
@@ -52,8 +44,8 @@ fn converted_files_reproduce_every_golden_model_exactly() {
         let converted = load_converted_model(&path, &device).unwrap();
         assert_eq!(converted.config, hf.config, "{}", dir.display());
         assert_eq!(
-            logits(&converted, &PROMPT, &device),
-            logits(&hf, &PROMPT, &device),
+            support::logits(&converted, &PROMPT, &device),
+            support::logits(&hf, &PROMPT, &device),
             "{}",
             dir.display()
         );
@@ -91,8 +83,8 @@ fn exported_gguf_files_load_back_with_the_same_logits() {
         let gguf = load_gguf_model(&path, &device).unwrap();
         common::assert_strict(
             &dir.display().to_string(),
-            &logits(&gguf, &PROMPT, &device),
-            &logits(&hf, &PROMPT, &device),
+            &support::logits(&gguf, &PROMPT, &device),
+            &support::logits(&hf, &PROMPT, &device),
         );
     }
 }
@@ -114,8 +106,8 @@ fn demo_model_and_its_tokenizer_survive_gguf_export() {
     let gguf = load_gguf_model(&path, &device).unwrap();
     common::assert_strict(
         "demo",
-        &logits(&gguf, &PROMPT, &device),
-        &logits(&hf, &PROMPT, &device),
+        &support::logits(&gguf, &PROMPT, &device),
+        &support::logits(&hf, &PROMPT, &device),
     );
 }
 

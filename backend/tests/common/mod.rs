@@ -23,6 +23,19 @@ pub fn assert_strict(what: &str, got: &[f32], want: &[f32]) {
     );
 }
 
+/// The entry `name` of the golden `manifest.json` in `golden`.
+pub fn manifest_case(golden: &std::path::Path, name: &str) -> serde_json::Value {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(golden.join("manifest.json")).unwrap()).unwrap();
+    manifest["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no case {name:?} in the golden manifest"))
+        .clone()
+}
+
 /// `../shared/golden` beside the repository (or `BITNET_GOLDEN_DIR`), if present.
 pub fn golden_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("BITNET_GOLDEN_DIR")

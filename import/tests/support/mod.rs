@@ -1,10 +1,12 @@
-//! Editing copies of golden checkpoints for the importer tests.
+//! Editing copies of golden checkpoints for the importer tests, and running a loaded model.
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use bitnet_model::BitNetModel;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 /// A writable copy of the model directory.
@@ -51,4 +53,13 @@ pub fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 
 pub fn write_tensors(dir: &Path, tensors: &Tensors) {
     write_tensors_to(&dir.join("model.safetensors"), tensors);
+}
+
+/// The logits of every position of `ids` from an empty cache, `[len * vocab]`.
+pub fn logits(model: &BitNetModel, ids: &[i64], device: &Device) -> Vec<f32> {
+    let mut cache = model.new_cache(1, ids.len());
+    let input: Tensor<2, Int> =
+        Tensor::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), device);
+    let out = model.forward(input, &mut cache).unwrap();
+    out.into_data().convert::<f32>().try_to_vec().unwrap()
 }
