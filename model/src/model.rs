@@ -77,7 +77,8 @@ pub struct BitNetModel {
     /// Separate LM head (Burn layout `[hidden, vocab]`); `None` when tied to the embedding.
     pub lm_head: Option<Linear>,
     /// The LM head's weights in 16 bits, `[vocab, hidden]`, when that copy is exact (see
-    /// [`BitNetModel::with_half_head`]); used for a few rows at a time, as in decode.
+    /// [`BitNetModel::with_half_head`]); used for a few rows at a time, as in decode. A copy:
+    /// it does not follow later changes to the head's weights.
     #[module(skip)]
     pub half_head: Option<Arc<HalfMatrix>>,
     /// RoPE frequencies.
@@ -320,7 +321,9 @@ impl BitNetModel {
     /// weight is exactly an F16 or a BF16, as in bitnet.cpp's files (F16 embeddings) and HF's
     /// BF16 checkpoints. Decode then reads half the bytes per token and multiplies the same
     /// values; only the order of summation differs from the f32 matmul. Otherwise the model is
-    /// returned unchanged. The importers call this; a model being trained has no copy.
+    /// returned unchanged. The importers build the same copy while they read the weights; call
+    /// this for a model built otherwise, and again after training the head's weights (the copy
+    /// does not follow them; calls with gradients never use it).
     pub fn with_half_head(mut self) -> Self {
         let weight = match &self.lm_head {
             Some(head) => head.weight.val().transpose(),

@@ -80,8 +80,8 @@ impl Tile<'_> {
         let (rb, kp) = (self.rb, 4 * self.rb);
         let rows = std::array::from_fn(|i| &self.codes[(self.r + i) * rb..(self.r + i + 1) * rb]);
         let tokens = std::array::from_fn(|j| &self.q[(self.t + j) * kp..(self.t + j + 1) * kp]);
-        // SAFETY: forwarded from the caller; every slice is one whole row or token.
         // The following tiles' rows follow these in memory: prefetch a few tiles ahead.
+        // SAFETY: forwarded from the caller; every slice is one whole row or token.
         let sums = unsafe { packed_tile::<R, T>(rows, tokens, TILES_AHEAD * R * rb) };
         store(&sums, self.t, self.m, &mut out[self.r * self.m..]);
     }
