@@ -20,7 +20,7 @@ use burn::tensor::{DType, Device, Int, Shape, Tensor, TensorData};
 
 use crate::error::{Result, TernaryError};
 use crate::i2s::{I2sView, I2sWeights, PackedFormat, TernaryLayout};
-use crate::kernels::{Isa, ternary_linear as host_linear};
+use crate::kernels::{Isa, ternary_linear_group as host_linear_group};
 use crate::lut::{LutView, LutWeights, lut_linear};
 use crate::select::KernelChoice;
 
@@ -39,6 +39,31 @@ pub trait TernaryOps: Backend {
         layout: TernaryLayout,
     ) -> FloatTensor<Self>;
 
+    /// [`TernaryOps::ternary_linear`] for two layers that read the same input (gate and up):
+    /// `x` is quantized once and one parallel call runs the rows of both (I2_S weights; other
+    /// formats run one by one). Burn's extension ops take no `Vec` of tensors, hence a pair and
+    /// a triple.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., k]` (f32)
+    /// - `first`, `second`: `[n_i, k_padded / 4]` (u8)
+    /// - outputs: `[..., n_i]`
+    fn ternary_linear_pair(
+        x: FloatTensor<Self>,
+        first: IntTensor<Self>,
+        second: IntTensor<Self>,
+        layouts: [TernaryLayout; 2],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// [`TernaryOps::ternary_linear_pair`] for three layers (query, key and value).
+    fn ternary_linear_triple(
+        x: FloatTensor<Self>,
+        first: IntTensor<Self>,
+        second: IntTensor<Self>,
+        third: IntTensor<Self>,
+        layouts: [TernaryLayout; 3],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
     /// The dequantized weights.
     ///
     /// # Shapes
@@ -47,20 +72,48 @@ pub trait TernaryOps: Backend {
     fn ternary_dequantize(packed: IntTensor<Self>, layout: TernaryLayout) -> FloatTensor<Self>;
 }
 
-/// The host computation shared by every CPU backend: validated by [`TernaryWeight`] beforehand,
-/// so a failure here is a broken invariant, not bad user input.
-fn linear_on_host(x: &[f32], x_shape: &Shape, codes: &[u8], layout: TernaryLayout) -> TensorData {
-    let m = x.len() / layout.k;
+/// The host computation shared by every CPU backend: validated by [`TernaryWeight`] and
+/// [`ternary_linear_group`] beforehand, so a failure here is a broken invariant, not bad user
+/// input.
+fn group_on_host<const N: usize>(
+    x: &[f32],
+    x_shape: &Shape,
+    codes: [&[u8]; N],
+    layouts: &[TernaryLayout; N],
+) -> [TensorData; N] {
+    const CHECKED: &str = "ternary_linear checked the packed lengths and the input shape";
+    let m = x.len() / layouts[0].k;
     let isa = Isa::selected().expect("ternary_linear checked BITNET_ISA before dispatch");
-    let y = match layout.format {
-        PackedFormat::I2s => I2sView::new(layout, codes).and_then(|w| host_linear(isa, w, x, m)),
-        PackedFormat::Lut => LutView::new(layout, codes).and_then(|w| lut_linear(isa, w, x, m)),
-    }
-    .expect("TernaryWeight validated the packed length and ternary_linear the input shape");
-    let mut shape = x_shape.clone();
-    let last = shape.len() - 1;
-    shape[last] = layout.n;
-    TensorData::new(y, shape)
+    let outputs = if layouts.iter().all(|l| l.format == PackedFormat::I2s) {
+        let views = codes
+            .iter()
+            .zip(layouts)
+            .map(|(codes, layout)| I2sView::new(*layout, codes))
+            .collect::<Result<Vec<_>>>()
+            .expect(CHECKED);
+        host_linear_group(isa, &views, x, m).expect(CHECKED)
+    } else {
+        codes
+            .iter()
+            .zip(layouts)
+            .map(|(codes, layout)| match layout.format {
+                PackedFormat::I2s => I2sView::new(*layout, codes)
+                    .and_then(|w| host_linear_group(isa, &[w], x, m))
+                    .map(|mut ys| ys.swap_remove(0)),
+                PackedFormat::Lut => {
+                    LutView::new(*layout, codes).and_then(|w| lut_linear(isa, w, x, m))
+                }
+            })
+            .collect::<Result<Vec<_>>>()
+            .expect(CHECKED)
+    };
+    let mut outputs = outputs.into_iter();
+    std::array::from_fn(|i| {
+        let mut shape = x_shape.clone();
+        let last = shape.len() - 1;
+        shape[last] = layouts[i].n;
+        TensorData::new(outputs.next().expect("one output per layer"), shape)
+    })
 }
 
 fn dequantize_on_host(codes: &[u8], layout: TernaryLayout) -> TensorData {
@@ -86,15 +139,42 @@ fn flex_slice<E: burn::tensor::Element + bytemuck::Pod>(
     }
 }
 
+/// The host computation for `N` layers on Flex tensors.
+fn flex_group<const N: usize>(
+    x: &FlexTensor,
+    packed: [&FlexTensor; N],
+    layouts: &[TernaryLayout; N],
+) -> [FlexTensor; N] {
+    let codes = packed.map(flex_slice::<u8>);
+    let codes = std::array::from_fn(|i| codes[i].as_ref());
+    group_on_host(&flex_slice::<f32>(x), &x.shape(), codes, layouts).map(FlexTensor::from_data)
+}
+
 impl TernaryOps for Flex {
     fn ternary_linear(x: FlexTensor, packed: FlexTensor, layout: TernaryLayout) -> FlexTensor {
-        let out = linear_on_host(
-            &flex_slice::<f32>(&x),
-            &x.shape(),
-            &flex_slice::<u8>(&packed),
-            layout,
-        );
-        FlexTensor::from_data(out)
+        let [y] = flex_group(&x, [&packed], &[layout]);
+        y
+    }
+
+    fn ternary_linear_pair(
+        x: FlexTensor,
+        first: FlexTensor,
+        second: FlexTensor,
+        layouts: [TernaryLayout; 2],
+    ) -> (FlexTensor, FlexTensor) {
+        let [a, b] = flex_group(&x, [&first, &second], &layouts);
+        (a, b)
+    }
+
+    fn ternary_linear_triple(
+        x: FlexTensor,
+        first: FlexTensor,
+        second: FlexTensor,
+        third: FlexTensor,
+        layouts: [TernaryLayout; 3],
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let [a, b, c] = flex_group(&x, [&first, &second, &third], &layouts);
+        (a, b, c)
     }
 
     fn ternary_dequantize(packed: FlexTensor, layout: TernaryLayout) -> FlexTensor {
@@ -125,18 +205,46 @@ fn ndarray_u8(t: &NdArrayTensor) -> std::borrow::Cow<'_, [u8]> {
     }
 }
 
+/// The host computation for `N` layers on NdArray tensors.
+fn ndarray_group<const N: usize>(
+    x: &NdArrayTensor,
+    packed: [&NdArrayTensor; N],
+    layouts: &[TernaryLayout; N],
+) -> [NdArrayTensor; N] {
+    let codes = packed.map(ndarray_u8);
+    let codes = std::array::from_fn(|i| codes[i].as_ref());
+    group_on_host(&ndarray_f32(x), &x.shape(), codes, layouts).map(NdArrayTensor::from_data)
+}
+
 impl TernaryOps for NdArray {
     fn ternary_linear(
         x: NdArrayTensor,
         packed: NdArrayTensor,
         layout: TernaryLayout,
     ) -> NdArrayTensor {
-        NdArrayTensor::from_data(linear_on_host(
-            &ndarray_f32(&x),
-            &x.shape(),
-            &ndarray_u8(&packed),
-            layout,
-        ))
+        let [y] = ndarray_group(&x, [&packed], &[layout]);
+        y
+    }
+
+    fn ternary_linear_pair(
+        x: NdArrayTensor,
+        first: NdArrayTensor,
+        second: NdArrayTensor,
+        layouts: [TernaryLayout; 2],
+    ) -> (NdArrayTensor, NdArrayTensor) {
+        let [a, b] = ndarray_group(&x, [&first, &second], &layouts);
+        (a, b)
+    }
+
+    fn ternary_linear_triple(
+        x: NdArrayTensor,
+        first: NdArrayTensor,
+        second: NdArrayTensor,
+        third: NdArrayTensor,
+        layouts: [TernaryLayout; 3],
+    ) -> (NdArrayTensor, NdArrayTensor, NdArrayTensor) {
+        let [a, b, c] = ndarray_group(&x, [&first, &second, &third], &layouts);
+        (a, b, c)
     }
 
     fn ternary_dequantize(packed: NdArrayTensor, layout: TernaryLayout) -> NdArrayTensor {
@@ -185,6 +293,34 @@ impl<B: Backend + TernaryOps, C: CheckpointStrategy> TernaryOps for Autodiff<B, 
             OpsKind::Tracked(prep) => prep.finish((packed, layout, x_shape), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
+    }
+
+    /// One tracked op per layer, so each gets its own backward.
+    fn ternary_linear_pair(
+        x: FloatTensor<Self>,
+        first: IntTensor<Self>,
+        second: IntTensor<Self>,
+        [a, b]: [TernaryLayout; 2],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        (
+            Self::ternary_linear(x.clone(), first, a),
+            Self::ternary_linear(x, second, b),
+        )
+    }
+
+    /// One tracked op per layer, so each gets its own backward.
+    fn ternary_linear_triple(
+        x: FloatTensor<Self>,
+        first: IntTensor<Self>,
+        second: IntTensor<Self>,
+        third: IntTensor<Self>,
+        [a, b, c]: [TernaryLayout; 3],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        (
+            Self::ternary_linear(x.clone(), first, a),
+            Self::ternary_linear(x.clone(), second, b),
+            Self::ternary_linear(x, third, c),
+        )
     }
 
     fn ternary_dequantize(packed: IntTensor<Self>, layout: TernaryLayout) -> FloatTensor<Self> {
@@ -292,13 +428,40 @@ impl TernaryWeight {
 /// - `x`: `[..., k]`
 /// - output: `[..., n]`
 pub fn ternary_linear<const D: usize>(x: Tensor<D>, weight: &TernaryWeight) -> Result<Tensor<D>> {
-    let layout = weight.layout;
+    let mut outputs = ternary_linear_group(x, &[weight])?;
+    Ok(outputs.swap_remove(0))
+}
+
+/// Applies several ternary layers to one input (query, key and value; gate and up): the same
+/// outputs as [`ternary_linear`] per layer, with `x` quantized once and the rows of all layers
+/// in one parallel call. The layers must share `k` and the activation rule.
+///
+/// # Shapes
+/// - `x`: `[..., k]`
+/// - output `i`: `[..., n_i]` for `weights[i]`
+pub fn ternary_linear_group<const D: usize>(
+    x: Tensor<D>,
+    weights: &[&TernaryWeight],
+) -> Result<Vec<Tensor<D>>> {
     let dims = x.dims();
-    if D == 0 || dims[D - 1] != layout.k {
-        return Err(TernaryError::Shape(format!(
-            "input shape {dims:?} does not end in k={} of the ternary weights",
-            layout.k
-        )));
+    let Some(first) = weights.first().map(|w| w.layout) else {
+        return Err(TernaryError::Shape(
+            "a group of ternary layers needs at least one layer".into(),
+        ));
+    };
+    for layout in weights.iter().map(|w| w.layout) {
+        if D == 0 || dims[D - 1] != layout.k {
+            return Err(TernaryError::Shape(format!(
+                "input shape {dims:?} does not end in k={} of the ternary weights",
+                layout.k
+            )));
+        }
+        if layout.activation != first.activation {
+            return Err(TernaryError::Shape(format!(
+                "layers applied to one input must share the activation rule: {:?} and {:?}",
+                first.activation, layout.activation
+            )));
+        }
     }
     Isa::selected()?;
     let dtype = x.dtype();
@@ -307,16 +470,49 @@ pub fn ternary_linear<const D: usize>(x: Tensor<D>, weight: &TernaryWeight) -> R
     } else {
         x.cast(DType::F32)
     };
-    let y = Tensor::<D>::from_dispatch(<Dispatch as TernaryOps>::ternary_linear(
-        x.into_dispatch(),
-        weight.packed.clone().into_dispatch(),
-        layout,
-    ));
-    Ok(if dtype == DType::F32 {
-        y
-    } else {
-        y.cast(dtype)
-    })
+    let packed = |w: &TernaryWeight| w.packed.clone().into_dispatch();
+    let mut outputs = Vec::with_capacity(weights.len());
+    // Triples, then a pair or a single layer for the rest.
+    for group in weights.chunks(3) {
+        let x = x.clone().into_dispatch();
+        match *group {
+            [a, b, c] => {
+                let (ya, yb, yc) = <Dispatch as TernaryOps>::ternary_linear_triple(
+                    x,
+                    packed(a),
+                    packed(b),
+                    packed(c),
+                    [a.layout, b.layout, c.layout],
+                );
+                outputs.extend([ya, yb, yc]);
+            }
+            [a, b] => {
+                let (ya, yb) = <Dispatch as TernaryOps>::ternary_linear_pair(
+                    x,
+                    packed(a),
+                    packed(b),
+                    [a.layout, b.layout],
+                );
+                outputs.extend([ya, yb]);
+            }
+            _ => {
+                outputs.extend(group.iter().map(|w| {
+                    <Dispatch as TernaryOps>::ternary_linear(x.clone(), packed(w), w.layout)
+                }))
+            }
+        }
+    }
+    Ok(outputs
+        .into_iter()
+        .map(|y| {
+            let y = Tensor::<D>::from_dispatch(y);
+            if dtype == DType::F32 {
+                y
+            } else {
+                y.cast(dtype)
+            }
+        })
+        .collect())
 }
 
 /// Method form of [`ternary_linear`], so a call reads like Burn's own ops: `x.ternary_linear(&w)?`.

@@ -18,7 +18,9 @@ pub mod quant;
 pub mod select;
 
 pub use error::{Result, TernaryError};
-pub use extension::{TernaryLinearExt, TernaryOps, TernaryWeight, ternary_linear};
+pub use extension::{
+    TernaryLinearExt, TernaryOps, TernaryWeight, ternary_linear, ternary_linear_group,
+};
 pub use half_matrix::HalfMatrix;
 pub use i2s::{I2sView, I2sWeights, PackedFormat, ScaleConvention, TernaryLayout};
 pub use kernels::Isa;

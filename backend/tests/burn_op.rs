@@ -4,7 +4,8 @@
 mod common;
 
 use bitnet_backend::{
-    I2sWeights, ScaleConvention, TernaryLinearExt, TernaryWeight, ternary_linear,
+    I2sWeights, LutWeights, ScaleConvention, TernaryLinearExt, TernaryWeight, ternary_linear,
+    ternary_linear_group,
 };
 use burn::tensor::{Device, Tensor, TensorData, Tolerance};
 use common::Rng;
@@ -97,6 +98,91 @@ fn autodiff_gradient_is_dy_times_dequantized_weights() {
         grad.into_data()
             .assert_approx_eq::<f32>(&want, relative_to_max(&want, 1e-5));
     }
+}
+
+/// Layers of one input, `n` rows each, with a different scale per layer.
+fn group_weights(seed: u64, ns: &[usize], k: usize) -> Vec<I2sWeights> {
+    let mut rng = Rng::new(seed);
+    ns.iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let w = rng.ternaries(n * k);
+            I2sWeights::from_ternary(&w, n, k, 0.5 + i as f32, ScaleConvention::Divide).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_group_gives_each_layer_the_bits_it_gives_alone() {
+    let k = 300;
+    let x = Rng::new(8).floats(2 * 3 * k);
+    // One to five layers: triples, a pair and a single one, and a LUT layer among I2_S ones.
+    for ns in [vec![19], vec![8, 5], vec![16, 4, 4], vec![3, 1, 7, 12, 9]] {
+        let weights = group_weights(ns.len() as u64, &ns, k);
+        for (name, device) in devices() {
+            let mut uploaded: Vec<_> = weights
+                .iter()
+                .map(|w| TernaryWeight::from_i2s(w, &device))
+                .collect();
+            if let Some(last) = uploaded.last_mut().filter(|_| ns.len() > 3) {
+                *last = TernaryWeight::from_lut(&LutWeights::from_i2s(weights[4].view()), &device);
+            }
+            let input = Tensor::<3>::from_data(TensorData::new(x.clone(), [2, 3, k]), &device);
+            let group = ternary_linear_group(input.clone(), &uploaded.iter().collect::<Vec<_>>());
+            let group = group.unwrap();
+            assert_eq!(group.len(), ns.len(), "{name}");
+            for ((y, w), n) in group.into_iter().zip(&uploaded).zip(&ns) {
+                assert_eq!(y.dims(), [2, 3, *n], "{name}");
+                let alone = input.clone().ternary_linear(w).unwrap();
+                y.into_data().assert_eq(&alone.into_data(), true);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_group_on_autodiff_gives_each_layer_its_gradient() {
+    let (ns, k) = ([7, 5, 3], 130);
+    let weights = group_weights(21, &ns, k);
+    let x = Rng::new(3).floats(2 * 3 * k);
+    for (name, device) in devices() {
+        let device = device.autodiff();
+        let uploaded: Vec<_> = weights
+            .iter()
+            .map(|w| TernaryWeight::from_i2s(w, &device))
+            .collect();
+        let input = || {
+            Tensor::<3>::from_data(TensorData::new(x.clone(), [2, 3, k]), &device).require_grad()
+        };
+        // Sum every output: the input gradient adds up each layer's `dy · W`.
+        let grouped = input();
+        let outputs =
+            ternary_linear_group(grouped.clone(), &uploaded.iter().collect::<Vec<_>>()).unwrap();
+        let total = outputs.into_iter().map(|y| y.sum()).reduce(|a, b| a + b);
+        let grads = total.unwrap().backward();
+        let separate = input();
+        let total = uploaded
+            .iter()
+            .map(|w| ternary_linear(separate.clone(), w).unwrap().sum())
+            .reduce(|a, b| a + b);
+        let want = total.unwrap().backward();
+        let got = grouped.grad(&grads).expect("input has a gradient");
+        let want = separate.grad(&want).expect("input has a gradient");
+        got.into_data().assert_eq(&want.into_data(), true);
+        println!("{name}: gradients agree");
+    }
+}
+
+#[test]
+fn a_group_rejects_mismatched_layers() {
+    let device = Device::flex();
+    let input = Tensor::<2>::zeros([3, 10], &device);
+    let a = TernaryWeight::from_i2s(&setup(1, 4, 10, ScaleConvention::Divide).0, &device);
+    let b = TernaryWeight::from_i2s(&setup(2, 4, 12, ScaleConvention::Divide).0, &device);
+    let err = ternary_linear_group(input.clone(), &[&a, &b]).unwrap_err();
+    assert!(err.to_string().contains("k=12"), "{err}");
+    let err = ternary_linear_group(input, &[]).unwrap_err();
+    assert!(err.to_string().contains("at least one layer"), "{err}");
 }
 
 #[test]

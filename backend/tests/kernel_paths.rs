@@ -4,7 +4,9 @@
 
 mod common;
 
-use bitnet_backend::kernels::{ternary_linear, ternary_linear_quantized, ternary_matmul_i32};
+use bitnet_backend::kernels::{
+    ternary_linear, ternary_linear_group, ternary_linear_quantized, ternary_matmul_i32,
+};
 use bitnet_backend::lut::{lut_linear_quantized, lut_matmul_i32};
 use bitnet_backend::{I2sWeights, Isa, LutWeights, QuantizedActivations, ScaleConvention};
 use common::Rng;
@@ -131,6 +133,36 @@ fn float_outputs_are_identical_across_paths() {
             assert_eq!(bits(&y), bits(&reference), "LUT {isa} {convention:?}");
         }
     }
+}
+
+#[test]
+fn a_group_of_layers_gives_each_the_bits_it_gives_alone_on_every_path() {
+    let mut rng = Rng::new(5);
+    let k = 517;
+    let layers: Vec<_> = [(1, 0.3), (33, 1.0), (130, 2.5)]
+        .into_iter()
+        .map(|(n, scale)| {
+            let w = rng.ternaries(n * k);
+            I2sWeights::from_ternary(&w, n, k, scale, ScaleConvention::Divide).unwrap()
+        })
+        .collect();
+    let views: Vec<_> = layers.iter().map(|w| w.view()).collect();
+    for m in [1, 2, 7, 20] {
+        let x = rng.floats(m * k);
+        for isa in Isa::supported() {
+            let group = ternary_linear_group(isa, &views, &x, m).unwrap();
+            for (y, w) in group.iter().zip(&views) {
+                let alone = ternary_linear(Isa::Scalar, *w, &x, m).unwrap();
+                let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(y), bits(&alone), "{isa} m={m} n={}", w.layout.n);
+            }
+        }
+    }
+    let other = I2sWeights::from_ternary(&[1; 8], 1, 8, 1.0, ScaleConvention::Divide).unwrap();
+    let err = ternary_linear_group(Isa::Scalar, &[views[0], other.view()], &[0.0; 517], 1);
+    assert!(err.unwrap_err().to_string().contains("k=8"));
+    let err = ternary_linear_group(Isa::Scalar, &[], &[], 0).unwrap_err();
+    assert!(err.to_string().contains("at least one layer"), "{err}");
 }
 
 #[test]

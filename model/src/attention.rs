@@ -59,9 +59,8 @@ impl Attention {
         let [batch, len, _] = x.dims();
         let (heads, kv_heads, dim) = (self.heads, self.kv_heads, self.head_dim);
         let split = |y: Tensor<3>, h: usize| y.reshape([batch, len, h, dim]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone())?, heads);
-        let k = split(self.k_proj.forward(x.clone())?, kv_heads);
-        let v = split(self.v_proj.forward(x)?, kv_heads);
+        let [q, k, v] = BitLinear::forward_group([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
+        let (q, k, v) = (split(q, heads), split(k, kv_heads), split(v, kv_heads));
         let q = RotaryEmbedding::apply(q, cos, sin);
         let k = RotaryEmbedding::apply(k, cos, sin);
         let (k, v) = cache.append(k, v, start);

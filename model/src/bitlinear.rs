@@ -2,7 +2,8 @@
 
 use bitnet_backend::quant::AMAX_FLOOR;
 use bitnet_backend::{
-    ActivationScale, I2sWeights, ScaleConvention, TernaryLayout, TernaryWeight, ternary_linear,
+    ActivationScale, I2sWeights, ScaleConvention, TernaryError, TernaryLayout, TernaryWeight,
+    ternary_linear, ternary_linear_group,
 };
 use burn::config::Config;
 use burn::module::{Module, Param, ParamId};
@@ -241,6 +242,35 @@ impl BitLinear {
                 Ok(x.matmul(w.transpose().unsqueeze()))
             }
         }
+    }
+
+    /// Several layers applied to one input, each output as [`BitLinear::forward`] gives it.
+    /// Packed layers without a pre-norm share one quantization of `x` and one parallel kernel
+    /// call (see [`ternary_linear_group`]): one wake-up of the thread pool per group in decode.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., d_input]`
+    /// - output `i`: `[..., d_output]` of `layers[i]`
+    pub fn forward_group<const N: usize, const D: usize>(
+        layers: [&BitLinear; N],
+        x: Tensor<D>,
+    ) -> crate::error::Result<[Tensor<D>; N]> {
+        let outputs = if layers.iter().all(|l| l.norm.is_none() && !l.is_trainable()) {
+            let weights = layers
+                .iter()
+                .map(|layer| layer.weight())
+                .collect::<crate::error::Result<Vec<_>>>()?;
+            ternary_linear_group(x, &weights.iter().collect::<Vec<_>>())?
+        } else {
+            layers
+                .iter()
+                .map(|layer| layer.forward(x.clone()))
+                .collect::<crate::error::Result<Vec<_>>>()?
+        };
+        let count = outputs.len();
+        outputs.try_into().map_err(|_| {
+            TernaryError::Shape(format!("{count} outputs for a group of {N} layers")).into()
+        })
     }
 
     /// Per-token absmax int8 rounding, dequantized: `round(x * s) / s` with the packed kernel's

@@ -40,12 +40,12 @@ impl FeedForward {
     /// - `x`: `[batch, len, hidden]`
     /// - output: `[batch, len, hidden]`
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>> {
-        let gate = self.gate_proj.forward(x.clone())?;
+        let [gate, up] = BitLinear::forward_group([&self.gate_proj, &self.up_proj], x)?;
         let gate = match self.activation {
             FfnActivation::Silu => silu(gate),
             FfnActivation::Relu2 => relu(gate).square(),
         };
-        let h = gate * self.up_proj.forward(x)?;
+        let h = gate * up;
         let h = match &self.sub_norm {
             Some(norm) => norm.forward(h),
             None => h,

@@ -179,7 +179,7 @@ impl Isa {
 /// Exact accumulators `acc[t][r] = sum_c q[t][c] * w[r][c]`, row-major `[m, n]`.
 pub fn ternary_matmul_i32(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Result<Vec<i32>> {
     let mut raw = Vec::new();
-    raw_dots(isa, w, x, &mut raw)?;
+    raw_dots(isa, &[w], x, &mut raw)?;
     let (m, n) = (x.m, w.layout.n);
     let mut acc = vec![0i32; m * n];
     for (t, row) in acc.chunks_exact_mut(n).enumerate() {
@@ -197,6 +197,19 @@ pub fn ternary_linear_quantized(
     w: I2sView<'_>,
     x: &QuantizedActivations,
 ) -> Result<Vec<f32>> {
+    let mut outputs = ternary_linear_group_quantized(isa, &[w], x)?;
+    Ok(outputs.swap_remove(0))
+}
+
+/// [`ternary_linear_quantized`] for several layers that read the same activations, e.g. the
+/// query, key and value projections: the rows of all of them go to the rayon pool in one call,
+/// so a decode step wakes the pool once instead of once per layer. Outputs are in the order of
+/// `ws`, each `[m, n]` and bit for bit what the layer gives alone.
+pub fn ternary_linear_group_quantized(
+    isa: Isa,
+    ws: &[I2sView<'_>],
+    x: &QuantizedActivations,
+) -> Result<Vec<Vec<f32>>> {
     thread_local! {
         // Reused across calls: a fresh multi-MiB buffer per layer costs page faults in prefill.
         static RAW: Cell<Vec<i32>> = const { Cell::new(Vec::new()) };
@@ -204,10 +217,18 @@ pub fn ternary_linear_quantized(
     // Taken rather than borrowed, so a nested call on this thread (rayon work stealing) gets
     // a buffer of its own instead of a borrow error.
     let mut raw = RAW.take();
-    let y =
-        raw_dots(isa, w, x, &mut raw).map(|()| finish_linear(&w.layout, x, &raw, Some(&x.sums)));
+    let outputs = raw_dots(isa, ws, x, &mut raw).map(|()| {
+        let mut sums = raw.as_slice();
+        ws.iter()
+            .map(|w| {
+                let (mine, rest) = sums.split_at(w.layout.n * x.m);
+                sums = rest;
+                finish_linear(&w.layout, x, mine, Some(&x.sums))
+            })
+            .collect()
+    });
     RAW.set(raw);
-    y
+    outputs
 }
 
 /// Fails unless `x` was quantized for weights of this layout (same `k`, same padding).
@@ -261,43 +282,86 @@ pub(crate) fn finish_linear(
 
 /// Quantizes `x` (`[m, k]`, row-major) per token and applies the ternary layer: `[m, n]`.
 pub fn ternary_linear(isa: Isa, w: I2sView<'_>, x: &[f32], m: usize) -> Result<Vec<f32>> {
-    let k = w.layout.k;
+    let mut outputs = ternary_linear_group(isa, &[w], x, m)?;
+    Ok(outputs.swap_remove(0))
+}
+
+/// Quantizes `x` (`[m, k]`, row-major) once and applies every layer of `ws` to it (see
+/// [`ternary_linear_group_quantized`]). The layers must share `k` and the activation rule.
+pub fn ternary_linear_group(
+    isa: Isa,
+    ws: &[I2sView<'_>],
+    x: &[f32],
+    m: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let Some(first) = ws.first() else {
+        return Err(TernaryError::Shape(
+            "a group of ternary layers needs at least one layer".into(),
+        ));
+    };
+    let layout = first.layout;
+    if let Some(other) = ws
+        .iter()
+        .find(|w| w.layout.k != layout.k || w.layout.activation != layout.activation)
+    {
+        return Err(TernaryError::Shape(format!(
+            "layers applied to one input must share k and the activation rule: k={} ({:?}) and \
+             k={} ({:?})",
+            layout.k, layout.activation, other.layout.k, other.layout.activation
+        )));
+    }
+    let k = layout.k;
     if x.len() != m * k {
         return Err(TernaryError::Shape(format!(
             "activations have {} values, expected m={m} x k={k}",
             x.len()
         )));
     }
-    let xq = QuantizedActivations::new(x, m, k, w.layout.k_padded(), w.layout.activation);
-    ternary_linear_quantized(isa, w, &xq)
+    let xq = QuantizedActivations::new(x, m, k, layout.k_padded(), layout.activation);
+    ternary_linear_group_quantized(isa, ws, &xq)
 }
 
-/// `raw[r * m + t]` for all rows and tokens, rows split across the rayon pool.
-fn raw_dots(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations, raw: &mut Vec<i32>) -> Result<()> {
+/// `raw[r * m + t]` for all rows and tokens of every layer in `ws`, one layer after another;
+/// the rows of all layers are split across the rayon pool in one call.
+fn raw_dots(
+    isa: Isa,
+    ws: &[I2sView<'_>],
+    x: &QuantizedActivations,
+    raw: &mut Vec<i32>,
+) -> Result<()> {
     isa.check_supported()?;
-    check_activations(&w.layout, x)?;
-    let (m, n, rb) = (x.m, w.layout.n, w.layout.row_bytes());
-    raw.clear();
-    raw.resize(n * m, 0);
+    for w in ws {
+        check_activations(&w.layout, x)?;
+    }
+    let m = x.m;
+    let rows: usize = ws.iter().map(|w| w.layout.n).sum();
+    // Every value is overwritten below, so only a longer buffer needs initializing.
+    raw.resize(rows * m, 0);
     if m == 0 {
         return Ok(());
     }
-    let rows_per_task = rows_per_task(n);
-    raw.par_chunks_mut(rows_per_task * m)
-        .enumerate()
-        .for_each(|(i, out)| {
-            let r0 = i * rows_per_task;
-            let codes = &w.codes[r0 * rb..(r0 + out.len() / m) * rb];
-            match isa {
-                Isa::Scalar => run::<scalar::Scalar>(codes, rb, &x.q, m, out),
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => run::<avx2::Avx2>(codes, rb, &x.q, m, out),
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512Vnni => run::<avx512::Avx512Vnni>(codes, rb, &x.q, m, out),
-                #[cfg(not(target_arch = "x86_64"))]
-                _ => unreachable!("check_supported rejects x86 paths on other architectures"),
-            }
-        });
+    let rows_per_task = rows_per_task(rows);
+    let mut tasks = Vec::new();
+    let mut rest = raw.as_mut_slice();
+    for w in ws {
+        let (mine, tail) = std::mem::take(&mut rest).split_at_mut(w.layout.n * m);
+        rest = tail;
+        let chunks = mine.chunks_mut(rows_per_task * m).enumerate();
+        tasks.extend(chunks.map(|(i, out)| (*w, i * rows_per_task, out)));
+    }
+    tasks.into_par_iter().for_each(|(w, r0, out)| {
+        let rb = w.layout.row_bytes();
+        let codes = &w.codes[r0 * rb..(r0 + out.len() / m) * rb];
+        match isa {
+            Isa::Scalar => run::<scalar::Scalar>(codes, rb, &x.q, m, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => run::<avx2::Avx2>(codes, rb, &x.q, m, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => run::<avx512::Avx512Vnni>(codes, rb, &x.q, m, out),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("check_supported rejects x86 paths on other architectures"),
+        }
+    });
     Ok(())
 }
 
