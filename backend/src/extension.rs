@@ -12,6 +12,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::flex::FlexTensor;
 use burn::backend::ndarray::NdArrayTensor;
+use burn::backend::ops::{ActivationOps, FloatTensorOps};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{
     Autodiff, AutodiffBackend, Backend, Dispatch, Flex, NdArray, TensorMetadata, backend_extension,
@@ -19,6 +20,7 @@ use burn::backend::{
 use burn::tensor::{DType, Device, Int, Shape, Tensor, TensorData};
 
 use crate::error::{Result, TernaryError};
+use crate::glu::FfnActivation;
 use crate::i2s::{I2sView, I2sWeights, PackedFormat, TernaryLayout};
 use crate::kernels::{Isa, ternary_linear_group as host_linear_group};
 use crate::lut::{LutView, LutWeights, lut_linear};
@@ -63,6 +65,18 @@ pub trait TernaryOps: Backend {
         third: IntTensor<Self>,
         layouts: [TernaryLayout; 3],
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The gated activation of a feed-forward block, `act(gate) * up` element-wise, on the
+    /// rayon pool (see [`FfnActivation::apply`]).
+    ///
+    /// # Shapes
+    /// - `gate`, `up`: one shape (f32)
+    /// - output: that shape
+    fn gated_activation(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        activation: FfnActivation,
+    ) -> FloatTensor<Self>;
 
     /// The dequantized weights.
     ///
@@ -177,6 +191,11 @@ impl TernaryOps for Flex {
         (a, b, c)
     }
 
+    fn gated_activation(gate: FlexTensor, up: FlexTensor, activation: FfnActivation) -> FlexTensor {
+        let y = activation.apply(&flex_slice::<f32>(&gate), &flex_slice::<f32>(&up));
+        FlexTensor::from_data(TensorData::new(y, gate.shape()))
+    }
+
     fn ternary_dequantize(packed: FlexTensor, layout: TernaryLayout) -> FlexTensor {
         FlexTensor::from_data(dequantize_on_host(&flex_slice::<u8>(&packed), layout))
     }
@@ -245,6 +264,15 @@ impl TernaryOps for NdArray {
     ) -> (NdArrayTensor, NdArrayTensor, NdArrayTensor) {
         let [a, b, c] = ndarray_group(&x, [&first, &second, &third], &layouts);
         (a, b, c)
+    }
+
+    fn gated_activation(
+        gate: NdArrayTensor,
+        up: NdArrayTensor,
+        activation: FfnActivation,
+    ) -> NdArrayTensor {
+        let y = activation.apply(&ndarray_f32(&gate), &ndarray_f32(&up));
+        NdArrayTensor::from_data(TensorData::new(y, gate.shape()))
     }
 
     fn ternary_dequantize(packed: NdArrayTensor, layout: TernaryLayout) -> NdArrayTensor {
@@ -321,6 +349,22 @@ impl<B: Backend + TernaryOps, C: CheckpointStrategy> TernaryOps for Autodiff<B, 
             Self::ternary_linear(x.clone(), second, b),
             Self::ternary_linear(x, third, c),
         )
+    }
+
+    /// Burn's own tracked ops, so the gradient reaches both `gate` and `up`.
+    fn gated_activation(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        activation: FfnActivation,
+    ) -> FloatTensor<Self> {
+        let activated = match activation {
+            FfnActivation::Silu => Self::float_mul(gate.clone(), Self::sigmoid(gate)),
+            FfnActivation::Relu2 => {
+                let relu = Self::relu(gate);
+                Self::float_mul(relu.clone(), relu)
+            }
+        };
+        Self::float_mul(activated, up)
     }
 
     fn ternary_dequantize(packed: IntTensor<Self>, layout: TernaryLayout) -> FloatTensor<Self> {
@@ -513,6 +557,44 @@ pub fn ternary_linear_group<const D: usize>(
             }
         })
         .collect())
+}
+
+/// The gated activation of a feed-forward block, `act(gate) * up`, on the rayon pool and
+/// with the same bits as Burn's `silu(gate) * up` (or `relu(gate).square() * up`) on Flex.
+///
+/// # Shapes
+/// - `gate`, `up`: one shape
+/// - output: that shape
+pub fn gated_activation<const D: usize>(
+    gate: Tensor<D>,
+    up: Tensor<D>,
+    activation: FfnActivation,
+) -> Result<Tensor<D>> {
+    if gate.dims() != up.dims() {
+        return Err(TernaryError::Shape(format!(
+            "gate {:?} and up {:?} must have one shape",
+            gate.dims(),
+            up.dims()
+        )));
+    }
+    let dtype = gate.dtype();
+    let f32 = |t: Tensor<D>| {
+        if t.dtype() == DType::F32 {
+            t
+        } else {
+            t.cast(DType::F32)
+        }
+    };
+    let y = Tensor::<D>::from_dispatch(<Dispatch as TernaryOps>::gated_activation(
+        f32(gate).into_dispatch(),
+        f32(up).into_dispatch(),
+        activation,
+    ));
+    Ok(if dtype == DType::F32 {
+        y
+    } else {
+        y.cast(dtype)
+    })
 }
 
 /// Method form of [`ternary_linear`], so a call reads like Burn's own ops: `x.ternary_linear(&w)?`.

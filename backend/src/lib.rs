@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod extension;
+pub mod glu;
 pub mod half_matrix;
 pub mod i2s;
 pub mod kernels;
@@ -19,8 +20,10 @@ pub mod select;
 
 pub use error::{Result, TernaryError};
 pub use extension::{
-    TernaryLinearExt, TernaryOps, TernaryWeight, ternary_linear, ternary_linear_group,
+    TernaryLinearExt, TernaryOps, TernaryWeight, gated_activation, ternary_linear,
+    ternary_linear_group,
 };
+pub use glu::FfnActivation;
 pub use half_matrix::HalfMatrix;
 pub use i2s::{I2sView, I2sWeights, PackedFormat, ScaleConvention, TernaryLayout};
 pub use kernels::Isa;

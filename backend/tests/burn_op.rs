@@ -4,8 +4,8 @@
 mod common;
 
 use bitnet_backend::{
-    I2sWeights, LutWeights, ScaleConvention, TernaryLinearExt, TernaryWeight, ternary_linear,
-    ternary_linear_group,
+    FfnActivation, I2sWeights, LutWeights, ScaleConvention, TernaryLinearExt, TernaryWeight,
+    gated_activation, ternary_linear, ternary_linear_group,
 };
 use burn::tensor::{Device, Tensor, TensorData, Tolerance};
 use common::Rng;
@@ -183,6 +183,71 @@ fn a_group_rejects_mismatched_layers() {
     assert!(err.to_string().contains("k=12"), "{err}");
     let err = ternary_linear_group(input, &[]).unwrap_err();
     assert!(err.to_string().contains("at least one layer"), "{err}");
+}
+
+/// Burn's own ops for `act(gate) * up`: what the gated activation must equal.
+fn burn_gated(gate: Tensor<2>, up: Tensor<2>, activation: FfnActivation) -> Tensor<2> {
+    match activation {
+        FfnActivation::Silu => burn::tensor::activation::silu(gate) * up,
+        FfnActivation::Relu2 => burn::tensor::activation::relu(gate).square() * up,
+    }
+}
+
+#[test]
+fn gated_activation_equals_burns_ops_with_their_gradients() {
+    let shape = [3, 5000];
+    let mut rng = Rng::new(17);
+    let (gate, up) = (rng.floats(15_000), rng.floats(15_000));
+    let tensor = |v: &[f32], device: &Device| {
+        Tensor::<2>::from_data(TensorData::new(v.to_vec(), shape), device)
+    };
+    for activation in [FfnActivation::Silu, FfnActivation::Relu2] {
+        // The same bits as Flex's element-wise ops; NdArray's sigmoid is another formula.
+        let device = Device::flex();
+        let got = gated_activation(tensor(&gate, &device), tensor(&up, &device), activation);
+        let want = burn_gated(tensor(&gate, &device), tensor(&up, &device), activation);
+        got.unwrap().into_data().assert_eq(&want.into_data(), true);
+        for (name, device) in devices() {
+            let plain = gated_activation(tensor(&gate, &device), tensor(&up, &device), activation);
+            let want = burn_gated(tensor(&gate, &device), tensor(&up, &device), activation);
+            let want = want.into_data();
+            plain
+                .unwrap()
+                .into_data()
+                .assert_approx_eq::<f32>(&want, relative_to_max(&want, 1e-6));
+            let device = device.autodiff();
+            let inputs = || {
+                let g = tensor(&gate, &device).require_grad();
+                (g, tensor(&up, &device).require_grad())
+            };
+            let (g, u) = inputs();
+            let grads = gated_activation(g.clone(), u.clone(), activation)
+                .unwrap()
+                .sum()
+                .backward();
+            let (g_want, u_want) = inputs();
+            let want = burn_gated(g_want.clone(), u_want.clone(), activation)
+                .sum()
+                .backward();
+            for (got, want) in [
+                (g.grad(&grads), g_want.grad(&want)),
+                (u.grad(&grads), u_want.grad(&want)),
+            ] {
+                let want = want.expect("gradient").into_data();
+                got.expect("gradient")
+                    .into_data()
+                    .assert_approx_eq::<f32>(&want, relative_to_max(&want, 1e-6));
+            }
+            println!("{name} {activation:?}: values and gradients agree");
+        }
+    }
+    let device = Device::flex();
+    let err = gated_activation(
+        Tensor::<2>::zeros([2, 3], &device),
+        Tensor::<2>::zeros([3, 2], &device),
+        FfnActivation::Silu,
+    );
+    assert!(err.unwrap_err().to_string().contains("one shape"));
 }
 
 #[test]

@@ -3,18 +3,10 @@
 
 use bitnet_backend::{ActivationScale, ScaleConvention};
 use burn::config::Config;
-use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
 
-/// The gated feed-forward activation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FfnActivation {
-    /// `silu(gate) * up` (Llama, 1bitLLM).
-    Silu,
-    /// `relu(gate)^2 * up` (BitNet b1.58 2B4T, Falcon-E).
-    Relu2,
-}
+pub use bitnet_backend::FfnActivation;
 
 /// Llama 3's frequency-dependent RoPE scaling (`rope_type: llama3`).
 #[derive(Config, Debug, PartialEq)]

@@ -1,8 +1,8 @@
 //! The gated feed-forward block.
 
+use bitnet_backend::gated_activation;
 use burn::module::Module;
 use burn::tensor::Tensor;
-use burn::tensor::activation::{relu, silu};
 
 use crate::bitlinear::BitLinear;
 use crate::config::FfnActivation;
@@ -41,11 +41,7 @@ impl FeedForward {
     /// - output: `[batch, len, hidden]`
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>> {
         let [gate, up] = BitLinear::forward_group([&self.gate_proj, &self.up_proj], x)?;
-        let gate = match self.activation {
-            FfnActivation::Silu => silu(gate),
-            FfnActivation::Relu2 => relu(gate).square(),
-        };
-        let h = gate * up;
+        let h = gated_activation(gate, up, self.activation)?;
         let h = match &self.sub_norm {
             Some(norm) => norm.forward(h),
             None => h,
