@@ -559,8 +559,8 @@ pub fn ternary_linear_group<const D: usize>(
         .collect())
 }
 
-/// The gated activation of a feed-forward block, `act(gate) * up`, on the rayon pool and
-/// with the same bits as Burn's `silu(gate) * up` (or `relu(gate).square() * up`) on Flex.
+/// The gated activation of a feed-forward block, `act(gate) * up`, on the rayon pool: Burn's
+/// `silu(gate) * up` (or `relu(gate).square() * up`) within a few ulps (see [`FfnActivation`]).
 ///
 /// # Shapes
 /// - `gate`, `up`: one shape

@@ -32,8 +32,9 @@ const ROW_TILE: usize = 2;
 const TOKEN_TILE: usize = 4;
 /// Every rayon task gets a multiple of this many rows, so no kernel's row tile is split.
 const TASK_ROWS: usize = 4;
-/// Tokens per rayon task when turning sums into outputs; 16 i32 share a cache line of sums.
-const FINISH_TOKENS: usize = 16;
+/// Tokens per rayon task in prefill, both computing sums and turning them into outputs; 16 i32
+/// share a cache line of sums.
+const BAND_TOKENS: usize = 16;
 /// Rows per block in that step: the sums they read stay in L1 while a band of tokens uses them.
 const FINISH_ROWS: usize = 64;
 
@@ -210,8 +211,15 @@ pub fn ternary_linear_group_quantized(
     ws: &[I2sView<'_>],
     x: &QuantizedActivations,
 ) -> Result<Vec<Vec<f32>>> {
+    isa.check_supported()?;
+    for w in ws {
+        check_activations(&w.layout, x)?;
+    }
+    if x.m >= rayon::current_num_threads() * BAND_TOKENS {
+        return Ok(ws.iter().map(|w| banded_linear(isa, *w, x)).collect());
+    }
     thread_local! {
-        // Reused across calls: a fresh multi-MiB buffer per layer costs page faults in prefill.
+        // Reused across calls: a fresh buffer per layer costs page faults.
         static RAW: Cell<Vec<i32>> = const { Cell::new(Vec::new()) };
     }
     // Taken rather than borrowed, so a nested call on this thread (rayon work stealing) gets
@@ -231,6 +239,31 @@ pub fn ternary_linear_group_quantized(
     outputs
 }
 
+/// Prefill: each rayon task runs every row for its own band of tokens and turns the sums into
+/// outputs while they are still in cache. Splitting rows instead would leave megabytes of sums
+/// to read back (and fault in) afterwards; rereading the layer's weights once per band costs
+/// little, as they stay in L2/L3 and each is used for a whole band.
+fn banded_linear(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Vec<f32> {
+    thread_local! {
+        static BAND_RAW: Cell<Vec<i32>> = const { Cell::new(Vec::new()) };
+    }
+    let (n, rb) = (w.layout.n, w.layout.row_bytes());
+    let kp = rb * 4;
+    let mut y = vec![0f32; x.m * n];
+    y.par_chunks_mut(BAND_TOKENS * n)
+        .enumerate()
+        .for_each(|(band, y)| {
+            let (t0, tokens) = (band * BAND_TOKENS, y.len() / n);
+            let mut raw = BAND_RAW.take();
+            raw.resize(n * tokens, 0);
+            let q = &x.q[t0 * kp..(t0 + tokens) * kp];
+            dots(isa, w.codes, rb, q, tokens, &mut raw);
+            finish_band(&w.layout, x, Some(&x.sums), &raw, tokens, t0, y);
+            BAND_RAW.set(raw);
+        });
+    y
+}
+
 /// Fails unless `x` was quantized for weights of this layout (same `k`, same padding).
 pub(crate) fn check_activations(layout: &TernaryLayout, x: &QuantizedActivations) -> Result<()> {
     if x.k != layout.k || x.k_padded != layout.k_padded() {
@@ -247,8 +280,7 @@ pub(crate) fn check_activations(layout: &TernaryLayout, x: &QuantizedActivations
 
 /// The float outputs `[m, n]` from sums `raw[r * m + t]` minus `offsets[t]` (if any): the
 /// exact accumulators, in the reference's order of operations (shared by every kernel family,
-/// so they agree bit for bit). Tokens are split across the rayon pool in bands; within a band,
-/// rows go in blocks so that each cache line of `raw` serves every token of the band.
+/// so they agree bit for bit). Tokens are split across the rayon pool in bands.
 pub(crate) fn finish_linear(
     layout: &TernaryLayout,
     x: &QuantizedActivations,
@@ -256,28 +288,53 @@ pub(crate) fn finish_linear(
     offsets: Option<&[i32]>,
 ) -> Vec<f32> {
     let (m, n) = (x.m, layout.n);
-    let (scale, convention) = (layout.scale, layout.convention);
-    let finish_band = |(band, y): (usize, &mut [f32])| {
-        for r0 in (0..n).step_by(FINISH_ROWS) {
-            let rows = r0..(r0 + FINISH_ROWS).min(n);
-            for (i, y) in y.chunks_exact_mut(n).enumerate() {
-                let t = band * FINISH_TOKENS + i;
-                let (x_scale, offset) = (x.scales[t], offsets.map_or(0, |o| o[t]));
-                for r in rows.clone() {
-                    y[r] = convention.output(raw[r * m + t] - offset, x_scale, scale);
-                }
-            }
-        }
+    let finish = |(band, y): (usize, &mut [f32])| {
+        let t0 = band * BAND_TOKENS;
+        finish_band(layout, x, offsets, &raw[t0..], m, t0, y);
     };
     let mut y = vec![0f32; m * n];
-    if m <= FINISH_TOKENS {
-        finish_band((0, &mut y));
+    if m <= BAND_TOKENS {
+        finish((0, &mut y));
     } else {
-        y.par_chunks_mut(FINISH_TOKENS * n)
+        y.par_chunks_mut(BAND_TOKENS * n)
             .enumerate()
-            .for_each(finish_band);
+            .for_each(finish);
     }
     y
+}
+
+/// Outputs `y` (`[tokens, n]`) of tokens `t0..` from their sums, `raw[r * stride + i]` for
+/// row `r` and the band's token `i`. Rows go in blocks, so each cache line of sums serves every
+/// token of the band, and each block is transposed first so that the loop computing outputs
+/// runs over contiguous rows and its divisions vectorize.
+fn finish_band(
+    layout: &TernaryLayout,
+    x: &QuantizedActivations,
+    offsets: Option<&[i32]>,
+    raw: &[i32],
+    stride: usize,
+    t0: usize,
+    y: &mut [f32],
+) {
+    let (n, scale, convention) = (layout.n, layout.scale, layout.convention);
+    let tokens = y.len() / n;
+    let mut block = [[0i32; FINISH_ROWS]; BAND_TOKENS];
+    for r0 in (0..n).step_by(FINISH_ROWS) {
+        let rows = FINISH_ROWS.min(n - r0);
+        for r in 0..rows {
+            let sums = &raw[(r0 + r) * stride..][..tokens];
+            for (token, &sum) in block.iter_mut().zip(sums) {
+                token[r] = sum;
+            }
+        }
+        for ((i, y), sums) in y.chunks_exact_mut(n).enumerate().zip(&block) {
+            let t = t0 + i;
+            let (x_scale, offset) = (x.scales[t], offsets.map_or(0, |o| o[t]));
+            for (y, &sum) in y[r0..r0 + rows].iter_mut().zip(&sums[..rows]) {
+                *y = convention.output(sum - offset, x_scale, scale);
+            }
+        }
+    }
 }
 
 /// Quantizes `x` (`[m, k]`, row-major) per token and applies the ternary layer: `[m, n]`.
@@ -352,17 +409,23 @@ fn raw_dots(
     tasks.into_par_iter().for_each(|(w, r0, out)| {
         let rb = w.layout.row_bytes();
         let codes = &w.codes[r0 * rb..(r0 + out.len() / m) * rb];
-        match isa {
-            Isa::Scalar => run::<scalar::Scalar>(codes, rb, &x.q, m, out),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => run::<avx2::Avx2>(codes, rb, &x.q, m, out),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => run::<avx512::Avx512Vnni>(codes, rb, &x.q, m, out),
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => unreachable!("check_supported rejects x86 paths on other architectures"),
-        }
+        dots(isa, codes, rb, &x.q, m, out);
     });
     Ok(())
+}
+
+/// `out[r * m + t]` for the packed rows in `codes` and the `m` tokens in `q`, on `isa`'s kernel
+/// (checked as supported by the caller).
+fn dots(isa: Isa, codes: &[u8], rb: usize, q: &[i8], m: usize, out: &mut [i32]) {
+    match isa {
+        Isa::Scalar => run::<scalar::Scalar>(codes, rb, q, m, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => run::<avx2::Avx2>(codes, rb, q, m, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => run::<avx512::Avx512Vnni>(codes, rb, q, m, out),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("check_supported rejects x86 paths on other architectures"),
+    }
 }
 
 /// Enough tasks for rayon to balance the pool, each a whole number of row tiles.
@@ -382,7 +445,7 @@ fn run<K: TernaryKernel>(codes: &[u8], rb: usize, q: &[i8], m: usize, out: &mut 
         out.len() * rb,
         "one output per row and token"
     );
-    // SAFETY: `raw_dots` checked the CPU supports K's instruction set; lengths asserted above.
+    // SAFETY: `dots`' callers checked the CPU supports K's instruction set; lengths asserted above.
     unsafe { K::raw_dots(codes, rb, q, m, out) };
 }
 
