@@ -7,8 +7,6 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::quant::round_ties_even_small;
-
 /// The gated feed-forward activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FfnActivation {
@@ -78,8 +76,11 @@ fn exp_non_positive(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const SMALLEST: f32 = -87.33655; // ln of the smallest normal f32
+    // 1.5 * 2^23: adding it rounds to an integer, which then sits in the low mantissa bits.
+    const SHIFTER: f32 = 12_582_912.0;
     let clamped = x.max(SMALLEST);
-    let n = round_ties_even_small(clamped * LOG2_E);
+    let shifted = clamped * LOG2_E + SHIFTER;
+    let n = shifted - SHIFTER;
     let r = clamped - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4;
     let p = p * r + 1.398_2e-3;
@@ -88,7 +89,12 @@ fn exp_non_positive(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let exp_r = p * r * r + r + 1.0;
-    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // `n` read from the bits rather than by a float-to-int cast, which would not vectorize.
+    let n_bits = shifted
+        .to_bits()
+        .wrapping_sub(SHIFTER.to_bits())
+        .wrapping_add(127);
+    let two_n = f32::from_bits(n_bits << 23);
     if x < SMALLEST { 0.0 } else { exp_r * two_n }
 }
 

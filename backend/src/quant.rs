@@ -130,7 +130,7 @@ pub fn quantize_row(x: &[f32], q: &mut [i8], rule: ActivationScale) -> (f32, i32
 /// itself rounds to the nearest integer, ties to even; subtracting it back is exact. Clamping
 /// to [-128, 127] before rounding instead of after gives the same integers.
 #[inline(always)]
-pub(crate) fn round_ties_even_small(y: f32) -> f32 {
+fn round_ties_even_small(y: f32) -> f32 {
     const SHIFTER: f32 = 12_582_912.0;
     (y + SHIFTER) - SHIFTER
 }
