@@ -109,10 +109,19 @@ fn extreme_activations_cannot_overflow_the_i16_stage() {
 #[test]
 fn float_outputs_are_identical_across_paths() {
     let mut rng = Rng::new(99);
-    let (m, k, n) = (9, 333, 21);
+    let (k, n) = (333, 21);
     let w = rng.ternaries(n * k);
-    let x = rng.floats(m * k);
-    for convention in [ScaleConvention::Multiply, ScaleConvention::Divide] {
+    // One token (decode finishes outputs inside the kernel's tasks), a few, and a prefill
+    // (banded) on a 2-thread pool.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for (m, convention) in [1, 9, 40]
+        .into_iter()
+        .flat_map(|m| [ScaleConvention::Multiply, ScaleConvention::Divide].map(|c| (m, c)))
+    {
+        let x = rng.floats(m * k);
         let weights = I2sWeights::from_ternary(&w, n, k, 1.7, convention).unwrap();
         let reference = ternary_linear(Isa::Scalar, weights.view(), &x, m).unwrap();
         let xq = QuantizedActivations::new(
@@ -126,11 +135,17 @@ fn float_outputs_are_identical_across_paths() {
         let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         for isa in Isa::supported() {
             let y = ternary_linear(isa, weights.view(), &x, m).unwrap();
-            assert_eq!(bits(&y), bits(&reference), "{isa} {convention:?}");
+            assert_eq!(bits(&y), bits(&reference), "{isa} {convention:?} m={m}");
             let y = ternary_linear_quantized(isa, weights.view(), &xq).unwrap();
             assert_eq!(bits(&y), bits(&reference), "{isa} {convention:?} quantized");
             let y = lut_linear_quantized(isa, lut.view(), &xq).unwrap();
             assert_eq!(bits(&y), bits(&reference), "LUT {isa} {convention:?}");
+            let y = pool.install(|| ternary_linear(isa, weights.view(), &x, m).unwrap());
+            assert_eq!(
+                bits(&y),
+                bits(&reference),
+                "{isa} {convention:?} on 2 threads"
+            );
         }
     }
 }

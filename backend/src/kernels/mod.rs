@@ -215,6 +215,9 @@ pub fn ternary_linear_group_quantized(
     for w in ws {
         check_activations(&w.layout, x)?;
     }
+    if x.m == 1 {
+        return Ok(gemv_group(isa, ws, x));
+    }
     if x.m >= rayon::current_num_threads() * BAND_TOKENS {
         return Ok(ws.iter().map(|w| banded_linear(isa, *w, x)).collect());
     }
@@ -237,6 +240,43 @@ pub fn ternary_linear_group_quantized(
     });
     RAW.set(raw);
     outputs
+}
+
+/// Decode (one token): the rows of every layer split across the pool in one call, each task
+/// turning its sums into outputs at once. One token's outputs are in row order, so a task's
+/// rows are a slice of them, and nothing is left for the calling thread to finish afterwards.
+fn gemv_group(isa: Isa, ws: &[I2sView<'_>], x: &QuantizedActivations) -> Vec<Vec<f32>> {
+    thread_local! {
+        static ROW_SUMS: Cell<Vec<i32>> = const { Cell::new(Vec::new()) };
+    }
+    let rows_per_task = rows_per_task(ws.iter().map(|w| w.layout.n).sum());
+    let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.layout.n]).collect();
+    let mut tasks = Vec::new();
+    for (w, y) in ws.iter().zip(&mut ys) {
+        let chunks = y.chunks_mut(rows_per_task).enumerate();
+        tasks.extend(chunks.map(|(i, y)| (*w, i * rows_per_task, y)));
+    }
+    let (x_scale, offset) = (x.scales[0], x.sums[0]);
+    tasks.into_par_iter().for_each(|(w, r0, y)| {
+        let (rb, layout) = (w.layout.row_bytes(), w.layout);
+        let mut sums = ROW_SUMS.take();
+        sums.resize(y.len(), 0);
+        dots(
+            isa,
+            &w.codes[r0 * rb..(r0 + y.len()) * rb],
+            rb,
+            &x.q,
+            1,
+            &mut sums,
+        );
+        for (y, &sum) in y.iter_mut().zip(&sums) {
+            *y = layout
+                .convention
+                .output(sum - offset, x_scale, layout.scale);
+        }
+        ROW_SUMS.set(sums);
+    });
+    ys
 }
 
 /// Prefill: each rayon task runs every row for its own band of tokens and turns the sums into
