@@ -24,6 +24,7 @@ use crate::glu::FfnActivation;
 use crate::i2s::{I2sView, I2sWeights, PackedFormat, TernaryLayout};
 use crate::kernels::{Isa, ternary_linear_group as host_linear_group};
 use crate::lut::{LutView, LutWeights, lut_linear};
+use crate::norm;
 use crate::select::KernelChoice;
 
 /// Ternary ops a backend provides.
@@ -77,6 +78,15 @@ pub trait TernaryOps: Backend {
         up: FloatTensor<Self>,
         activation: FfnActivation,
     ) -> FloatTensor<Self>;
+
+    /// RMSNorm over the last dimension, `weight * (x / sqrt(mean(x^2) + epsilon))`, one pass
+    /// per row on the rayon pool (see [`crate::norm::rms_norm`]).
+    ///
+    /// # Shapes
+    /// - `x`: `[..., d]` (f32), `weight`: `[d]`
+    /// - output: `[..., d]`
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, epsilon: f64)
+    -> FloatTensor<Self>;
 
     /// The dequantized weights.
     ///
@@ -196,6 +206,11 @@ impl TernaryOps for Flex {
         FlexTensor::from_data(TensorData::new(y, gate.shape()))
     }
 
+    fn rms_norm(x: FlexTensor, weight: FlexTensor, epsilon: f64) -> FlexTensor {
+        let y = norm::rms_norm(&flex_slice::<f32>(&x), &flex_slice::<f32>(&weight), epsilon);
+        FlexTensor::from_data(TensorData::new(y, x.shape()))
+    }
+
     fn ternary_dequantize(packed: FlexTensor, layout: TernaryLayout) -> FlexTensor {
         FlexTensor::from_data(dequantize_on_host(&flex_slice::<u8>(&packed), layout))
     }
@@ -273,6 +288,11 @@ impl TernaryOps for NdArray {
     ) -> NdArrayTensor {
         let y = activation.apply(&ndarray_f32(&gate), &ndarray_f32(&up));
         NdArrayTensor::from_data(TensorData::new(y, gate.shape()))
+    }
+
+    fn rms_norm(x: NdArrayTensor, weight: NdArrayTensor, epsilon: f64) -> NdArrayTensor {
+        let y = norm::rms_norm(&ndarray_f32(&x), &ndarray_f32(&weight), epsilon);
+        NdArrayTensor::from_data(TensorData::new(y, x.shape()))
     }
 
     fn ternary_dequantize(packed: NdArrayTensor, layout: TernaryLayout) -> NdArrayTensor {
@@ -365,6 +385,22 @@ impl<B: Backend + TernaryOps, C: CheckpointStrategy> TernaryOps for Autodiff<B, 
             }
         };
         Self::float_mul(activated, up)
+    }
+
+    /// Burn's own tracked ops, so the gradient reaches both `x` and `weight`.
+    fn rms_norm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let last = shape.num_dims() - 1;
+        let mean_square = Self::float_mean_dim(Self::float_mul(x.clone(), x.clone()), last);
+        let rms = Self::float_sqrt(Self::float_add_scalar(mean_square, epsilon.into()));
+        let mut weight_shape = vec![1; shape.num_dims()];
+        weight_shape[last] = shape[last];
+        let weight = Self::float_reshape(weight, Shape::from(weight_shape));
+        Self::float_mul(weight, Self::float_mul(x, Self::float_recip(rms)))
     }
 
     fn ternary_dequantize(packed: IntTensor<Self>, layout: TernaryLayout) -> FloatTensor<Self> {
@@ -509,11 +545,7 @@ pub fn ternary_linear_group<const D: usize>(
     }
     Isa::selected()?;
     let dtype = x.dtype();
-    let x = if dtype == DType::F32 {
-        x
-    } else {
-        x.cast(DType::F32)
-    };
+    let x = as_f32(x);
     let packed = |w: &TernaryWeight| w.packed.clone().into_dispatch();
     let mut outputs = Vec::with_capacity(weights.len());
     // Triples, then a pair or a single layer for the rest.
@@ -548,14 +580,7 @@ pub fn ternary_linear_group<const D: usize>(
     }
     Ok(outputs
         .into_iter()
-        .map(|y| {
-            let y = Tensor::<D>::from_dispatch(y);
-            if dtype == DType::F32 {
-                y
-            } else {
-                y.cast(dtype)
-            }
-        })
+        .map(|y| restore(Tensor::<D>::from_dispatch(y), dtype))
         .collect())
 }
 
@@ -578,23 +603,48 @@ pub fn gated_activation<const D: usize>(
         )));
     }
     let dtype = gate.dtype();
-    let f32 = |t: Tensor<D>| {
-        if t.dtype() == DType::F32 {
-            t
-        } else {
-            t.cast(DType::F32)
-        }
-    };
     let y = Tensor::<D>::from_dispatch(<Dispatch as TernaryOps>::gated_activation(
-        f32(gate).into_dispatch(),
-        f32(up).into_dispatch(),
+        as_f32(gate).into_dispatch(),
+        as_f32(up).into_dispatch(),
         activation,
     ));
-    Ok(if dtype == DType::F32 {
-        y
-    } else {
-        y.cast(dtype)
-    })
+    Ok(restore(y, dtype))
+}
+
+/// RMSNorm over the last dimension: `weight * (x / sqrt(mean(x^2) + epsilon))`, one pass per
+/// row on the rayon pool.
+///
+/// # Shapes
+/// - `x`: `[..., d]`, `weight`: `[d]`
+/// - output: `[..., d]`
+pub fn rms_norm<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<1>,
+    epsilon: f64,
+) -> Result<Tensor<D>> {
+    let ([d], dims) = (weight.dims(), x.dims());
+    if D == 0 || d == 0 || dims[D - 1] != d {
+        return Err(TernaryError::Shape(format!(
+            "RMSNorm weight of width {d} does not fit an input of shape {dims:?}"
+        )));
+    }
+    let dtype = x.dtype();
+    let y = Tensor::<D>::from_dispatch(<Dispatch as TernaryOps>::rms_norm(
+        as_f32(x).into_dispatch(),
+        as_f32(weight).into_dispatch(),
+        epsilon,
+    ));
+    Ok(restore(y, dtype))
+}
+
+/// The tensor in f32, which the host implementations read.
+fn as_f32<const D: usize>(t: Tensor<D>) -> Tensor<D> {
+    restore(t, DType::F32)
+}
+
+/// The tensor in `dtype` (unchanged if it already is).
+fn restore<const D: usize>(t: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if t.dtype() == dtype { t } else { t.cast(dtype) }
 }
 
 /// Method form of [`ternary_linear`], so a call reads like Burn's own ops: `x.ternary_linear(&w)?`.

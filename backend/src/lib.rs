@@ -15,12 +15,13 @@ pub mod half_matrix;
 pub mod i2s;
 pub mod kernels;
 pub mod lut;
+pub mod norm;
 pub mod quant;
 pub mod select;
 
 pub use error::{Result, TernaryError};
 pub use extension::{
-    TernaryLinearExt, TernaryOps, TernaryWeight, gated_activation, ternary_linear,
+    TernaryLinearExt, TernaryOps, TernaryWeight, gated_activation, rms_norm, ternary_linear,
     ternary_linear_group,
 };
 pub use glu::FfnActivation;

@@ -1,11 +1,12 @@
 //! The Burn extension on Flex, NdArray and Autodiff: equal to a float matmul with the
-//! dequantized weights, with the input gradient `dy · W`.
+//! dequantized weights, with the input gradient `dy · W`; the fused float ops (gated
+//! activation, RMSNorm) close to Burn's own ops, gradients included.
 
 mod common;
 
 use bitnet_backend::{
     FfnActivation, I2sWeights, LutWeights, ScaleConvention, TernaryLinearExt, TernaryWeight,
-    gated_activation, ternary_linear, ternary_linear_group,
+    gated_activation, rms_norm, ternary_linear, ternary_linear_group,
 };
 use burn::tensor::{Device, Tensor, TensorData, Tolerance};
 use common::Rng;
@@ -243,6 +244,68 @@ fn gated_activation_is_close_to_burns_ops_with_their_gradients() {
         FfnActivation::Silu,
     );
     assert!(err.unwrap_err().to_string().contains("one shape"));
+}
+
+/// RMSNorm in Burn's ops: what the fused op must equal, values and gradients.
+fn burn_rms_norm(x: Tensor<3>, weight: Tensor<1>, epsilon: f64) -> Tensor<3> {
+    let inv_rms = (x.clone().square().mean_dim(2) + epsilon).sqrt().recip();
+    weight.unsqueeze() * (x * inv_rms)
+}
+
+#[test]
+fn rms_norm_is_close_to_burns_ops_with_their_gradients() {
+    let (shape, d) = ([2, 300, 77], 77);
+    let mut rng = Rng::new(23);
+    let (x, weight) = (rng.floats(2 * 300 * d), rng.floats(d));
+    for (name, device) in devices() {
+        for device in [device.clone(), device.autodiff()] {
+            let inputs = || {
+                let x = Tensor::<3>::from_data(TensorData::new(x.clone(), shape), &device);
+                let w = Tensor::<1>::from_data(TensorData::new(weight.clone(), [d]), &device);
+                if device.is_autodiff() {
+                    (x.require_grad(), w.require_grad())
+                } else {
+                    (x, w)
+                }
+            };
+            let (x_got, w_got) = inputs();
+            let got = rms_norm(x_got.clone(), w_got.clone(), 1e-5).unwrap();
+            let (x_want, w_want) = inputs();
+            let want = burn_rms_norm(x_want.clone(), w_want.clone(), 1e-5);
+            let tolerance = |want: &TensorData| relative_to_max(want, 1e-5);
+            let want_data = want.clone().into_data();
+            let got_data = got.clone().into_data();
+            got_data.assert_approx_eq::<f32>(&want_data, tolerance(&want_data));
+            if !device.is_autodiff() {
+                continue;
+            }
+            let dy =
+                Tensor::<3>::from_data(TensorData::new(rng.floats(2 * 300 * d), shape), &device);
+            let grads = (got * dy.clone()).sum().backward();
+            let want_grads = (want * dy).sum().backward();
+            for (got, want) in [
+                (
+                    x_got.grad(&grads).map(|g| g.into_data()),
+                    x_want.grad(&want_grads).map(|g| g.into_data()),
+                ),
+                (
+                    w_got.grad(&grads).map(|g| g.into_data()),
+                    w_want.grad(&want_grads).map(|g| g.into_data()),
+                ),
+            ] {
+                let (got, want) = (got.expect("gradient"), want.expect("gradient"));
+                got.assert_approx_eq::<f32>(&want, tolerance(&want));
+            }
+            println!("{name}: values and gradients agree");
+        }
+    }
+    let device = Device::flex();
+    let err = rms_norm(
+        Tensor::<2>::zeros([2, 3], &device),
+        Tensor::<1>::ones([4], &device),
+        1e-5,
+    );
+    assert!(err.unwrap_err().to_string().contains("width 4"));
 }
 
 #[test]

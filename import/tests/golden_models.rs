@@ -270,6 +270,7 @@ fn debug_layer_bitlinears_are_exact() {
                         TensorData::new(pre, [m, k]),
                         &device,
                     ));
+                    let normed = normed.expect("the pre-norm fits the layer's input");
                     let (max, _) = diff(&values(normed), &x);
                     assert!(max <= 1e-5 * max_abs(&x), "{what}: rms_norm max|d|={max}");
                 }

@@ -81,7 +81,7 @@ impl Attention {
             .swap_dims(1, 2)
             .reshape([batch, len, heads * dim]);
         let out = match &self.sub_norm {
-            Some(norm) => norm.forward(out),
+            Some(norm) => norm.forward(out)?,
             None => out,
         };
         self.o_proj.forward(out)

@@ -230,7 +230,7 @@ impl BitLinear {
     /// - output: `[..., d_output]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> crate::error::Result<Tensor<D>> {
         let x = match &self.norm {
-            Some(norm) => norm.forward(x),
+            Some(norm) => norm.forward(x)?,
             None => x,
         };
         match &self.weights {

@@ -43,7 +43,7 @@ impl FeedForward {
         let [gate, up] = BitLinear::forward_group([&self.gate_proj, &self.up_proj], x)?;
         let h = gated_activation(gate, up, self.activation)?;
         let h = match &self.sub_norm {
-            Some(norm) => norm.forward(h),
+            Some(norm) => norm.forward(h)?,
             None => h,
         };
         self.down_proj.forward(h)

@@ -50,13 +50,11 @@ impl DecoderLayer {
         cache: &mut LayerCache,
         start: usize,
     ) -> Result<Tensor<3>> {
-        let attn =
-            self.self_attn
-                .forward(self.input_layernorm.forward(x.clone()), rope, cache, start)?;
-        let h = x + attn;
+        let normed = self.input_layernorm.forward(x.clone())?;
+        let h = x + self.self_attn.forward(normed, rope, cache, start)?;
         let ffn = self
             .mlp
-            .forward(self.post_attention_layernorm.forward(h.clone()))?;
+            .forward(self.post_attention_layernorm.forward(h.clone())?)?;
         Ok(h + ffn)
     }
 }
@@ -282,7 +280,7 @@ impl BitNetModel {
             }
         }
         cache.advance(len);
-        let h = self.norm.forward(x);
+        let h = self.norm.forward(x)?;
         let hidden = embed.map(|embed| HiddenStates {
             embed,
             layers: layer_states,

@@ -1,5 +1,6 @@
 //! RMSNorm in the reference's order of operations.
 
+use bitnet_backend::rms_norm;
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
@@ -46,15 +47,13 @@ impl RmsNorm {
         }
     }
 
-    /// Normalizes over the last dimension.
+    /// Normalizes over the last dimension (one backend op: a pass per row on the thread pool,
+    /// Burn's ops with their gradients on autodiff devices). Fails if `x` is not `d_model` wide.
     ///
     /// # Shapes
     /// - `x`: `[..., d_model]`
     /// - output: `[..., d_model]`
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let inv_rms = (x.clone().square().mean_dim(D - 1) + self.epsilon)
-            .sqrt()
-            .recip();
-        self.weight.val().unsqueeze() * (x * inv_rms)
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> crate::error::Result<Tensor<D>> {
+        Ok(rms_norm(x, self.weight.val(), self.epsilon)?)
     }
 }

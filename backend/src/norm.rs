@@ -1,0 +1,85 @@
+//! RMSNorm over the last dimension, one pass per row, rows spread over the rayon pool.
+//!
+//! Burn's `x.square().mean_dim(..) + eps` chain is six single-threaded ops, each allocating a
+//! tensor; in 2-thread prefill the norms then ran while the other thread waited.
+
+use rayon::prelude::*;
+
+/// Values per rayon task; a tensor of at most this many runs on the calling thread (decode).
+const TASK_VALUES: usize = 16_384;
+
+/// `weight * (x * (1 / sqrt(mean(x^2) + epsilon)))` for each row of `x` (`[rows, d]` with
+/// `d = weight.len()`), in the order of operations of Burn's ops for the same formula. The sum
+/// of squares runs in eight lanes, so the last bits may differ from Burn's reduction.
+///
+/// # Panics
+/// If `weight` is empty or `x.len()` is not a multiple of its length: callers check shapes.
+pub fn rms_norm(x: &[f32], weight: &[f32], epsilon: f64) -> Vec<f32> {
+    let d = weight.len();
+    assert!(
+        d > 0 && x.len().is_multiple_of(d),
+        "rows of x must match the weight"
+    );
+    let epsilon = epsilon as f32;
+    let norm_rows = |(y, x): (&mut [f32], &[f32])| {
+        for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            let inv_rms = 1.0 / (sum_of_squares(x) / d as f32 + epsilon).sqrt();
+            for ((y, &x), &w) in y.iter_mut().zip(x).zip(weight) {
+                *y = w * (x * inv_rms);
+            }
+        }
+    };
+    let mut y = vec![0f32; x.len()];
+    if x.len() <= TASK_VALUES {
+        norm_rows((&mut y, x));
+    } else {
+        let task = TASK_VALUES.div_ceil(d) * d;
+        y.par_chunks_mut(task)
+            .zip(x.par_chunks(task))
+            .for_each(norm_rows);
+    }
+    y
+}
+
+/// `sum(x^2)` in eight independent lanes, which the compiler keeps in vector registers.
+fn sum_of_squares(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let blocks = x.chunks_exact(8);
+    let rest: f32 = blocks.remainder().iter().map(|v| v * v).sum();
+    for block in blocks {
+        for (lane, &v) in lanes.iter_mut().zip(block) {
+            *lane += v * v;
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_normalized_alike_on_one_thread_and_on_the_pool() {
+        let d = 37;
+        let weight: Vec<f32> = (0..d).map(|i| 0.5 + i as f32 / 10.0).collect();
+        let x: Vec<f32> = (0..d * 1000)
+            .map(|i| ((i * 7919) % 201) as f32 - 100.0)
+            .collect();
+        let all = rms_norm(&x, &weight, 1e-6);
+        let first = rms_norm(&x[..d * 3], &weight, 1e-6);
+        assert_eq!(all[..d * 3], first[..]);
+        for (row, (y, x)) in all.chunks(d).zip(x.chunks(d)).enumerate() {
+            let mean = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / d as f64;
+            let inv = 1.0 / (mean + 1e-6).sqrt();
+            for ((&y, &x), &w) in y.iter().zip(x).zip(&weight) {
+                let want = w as f64 * x as f64 * inv;
+                assert!(
+                    (y as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{row}"
+                );
+            }
+        }
+        // An all-zero row is zero, not NaN.
+        assert_eq!(rms_norm(&[0.0; 4], &[1.0; 4], 1e-5), vec![0.0; 4]);
+    }
+}
