@@ -17,7 +17,7 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{
     Autodiff, AutodiffBackend, Backend, Dispatch, Flex, NdArray, TensorMetadata, backend_extension,
 };
-use burn::tensor::{DType, Device, Int, Shape, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Shape, Slice, Tensor, TensorData};
 
 use crate::error::{Result, TernaryError};
 use crate::glu::FfnActivation;
@@ -25,6 +25,7 @@ use crate::i2s::{I2sView, I2sWeights, PackedFormat, TernaryLayout};
 use crate::kernels::{Isa, ternary_linear_group as host_linear_group};
 use crate::lut::{LutView, LutWeights, lut_linear};
 use crate::norm;
+use crate::rope;
 use crate::select::KernelChoice;
 
 /// Ternary ops a backend provides.
@@ -87,6 +88,18 @@ pub trait TernaryOps: Backend {
     /// - output: `[..., d]`
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, epsilon: f64)
     -> FloatTensor<Self>;
+
+    /// Rotary position embedding, `x * cos + rotate_half(x) * sin`, one pass per row on the
+    /// rayon pool (see [`crate::rope::rotate_half`]).
+    ///
+    /// # Shapes
+    /// - `x`: `[..., len, dim]` (f32), `cos`, `sin`: `[len, dim]`
+    /// - output: `[..., len, dim]`
+    fn rotary_embedding(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 
     /// The dequantized weights.
     ///
@@ -211,6 +224,14 @@ impl TernaryOps for Flex {
         FlexTensor::from_data(TensorData::new(y, x.shape()))
     }
 
+    fn rotary_embedding(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
+        let shape = x.shape();
+        let dim = shape[shape.num_dims() - 1];
+        let (cos, sin) = (flex_slice::<f32>(&cos), flex_slice::<f32>(&sin));
+        let y = rope::rotate_half(&flex_slice::<f32>(&x), &cos, &sin, dim);
+        FlexTensor::from_data(TensorData::new(y, shape))
+    }
+
     fn ternary_dequantize(packed: FlexTensor, layout: TernaryLayout) -> FlexTensor {
         FlexTensor::from_data(dequantize_on_host(&flex_slice::<u8>(&packed), layout))
     }
@@ -293,6 +314,14 @@ impl TernaryOps for NdArray {
     fn rms_norm(x: NdArrayTensor, weight: NdArrayTensor, epsilon: f64) -> NdArrayTensor {
         let y = norm::rms_norm(&ndarray_f32(&x), &ndarray_f32(&weight), epsilon);
         NdArrayTensor::from_data(TensorData::new(y, x.shape()))
+    }
+
+    fn rotary_embedding(x: NdArrayTensor, cos: NdArrayTensor, sin: NdArrayTensor) -> NdArrayTensor {
+        let shape = x.shape();
+        let dim = shape[shape.num_dims() - 1];
+        let (cos, sin) = (ndarray_f32(&cos), ndarray_f32(&sin));
+        let y = rope::rotate_half(&ndarray_f32(&x), &cos, &sin, dim);
+        NdArrayTensor::from_data(TensorData::new(y, shape))
     }
 
     fn ternary_dequantize(packed: NdArrayTensor, layout: TernaryLayout) -> NdArrayTensor {
@@ -401,6 +430,31 @@ impl<B: Backend + TernaryOps, C: CheckpointStrategy> TernaryOps for Autodiff<B, 
         weight_shape[last] = shape[last];
         let weight = Self::float_reshape(weight, Shape::from(weight_shape));
         Self::float_mul(weight, Self::float_mul(x, Self::float_recip(rms)))
+    }
+
+    /// Burn's own tracked ops, so the gradient reaches `x` (and `cos`, `sin`).
+    fn rotary_embedding(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let rank = shape.num_dims();
+        let (len, dim) = (shape[rank - 2], shape[rank - 1]);
+        let half_of = |range: std::ops::Range<usize>| {
+            let mut slices: Vec<Slice> = shape.iter().map(|&d| Slice::from(0..d)).collect();
+            slices[rank - 1] = Slice::from(range);
+            Self::float_slice(x.clone(), &slices)
+        };
+        let (first, second) = (half_of(0..dim / 2), half_of(dim / 2..dim));
+        let rotated = Self::float_cat(vec![Self::float_neg(second), first], rank - 1);
+        let mut table_shape = vec![1; rank];
+        table_shape[rank - 2..].copy_from_slice(&[len, dim]);
+        let table = |t| Self::float_reshape(t, Shape::from(table_shape.clone()));
+        Self::float_add(
+            Self::float_mul(x, table(cos)),
+            Self::float_mul(rotated, table(sin)),
+        )
     }
 
     fn ternary_dequantize(packed: IntTensor<Self>, layout: TernaryLayout) -> FloatTensor<Self> {
@@ -633,6 +687,40 @@ pub fn rms_norm<const D: usize>(
         as_f32(x).into_dispatch(),
         as_f32(weight).into_dispatch(),
         epsilon,
+    ));
+    Ok(restore(y, dtype))
+}
+
+/// Rotary position embedding in the "rotate half" form of Llama and HF:
+/// `x * cos + rotate_half(x) * sin` with `rotate_half(x) = [-x[half..], x[..half]]`, one pass
+/// per row on the rayon pool, with the bits of Burn's ops for the same formula.
+///
+/// # Shapes
+/// - `x`: `[..., len, dim]`, `cos`, `sin`: `[len, dim]`
+/// - output: `[..., len, dim]`
+pub fn rotary_embedding<const D: usize>(
+    x: Tensor<D>,
+    cos: &Tensor<2>,
+    sin: &Tensor<2>,
+) -> Result<Tensor<D>> {
+    let (dims, [len, dim]) = (x.dims(), cos.dims());
+    if D < 2
+        || dims[D - 2..] != [len, dim]
+        || sin.dims() != [len, dim]
+        || !dim.is_multiple_of(2)
+        || dim == 0
+    {
+        return Err(TernaryError::Shape(format!(
+            "rotary tables {:?} and {:?} (even width) do not fit an input of shape {dims:?}",
+            cos.dims(),
+            sin.dims()
+        )));
+    }
+    let dtype = x.dtype();
+    let y = Tensor::<D>::from_dispatch(<Dispatch as TernaryOps>::rotary_embedding(
+        as_f32(x).into_dispatch(),
+        as_f32(cos.clone()).into_dispatch(),
+        as_f32(sin.clone()).into_dispatch(),
     ));
     Ok(restore(y, dtype))
 }

@@ -17,12 +17,13 @@ pub mod kernels;
 pub mod lut;
 pub mod norm;
 pub mod quant;
+pub mod rope;
 pub mod select;
 
 pub use error::{Result, TernaryError};
 pub use extension::{
-    TernaryLinearExt, TernaryOps, TernaryWeight, gated_activation, rms_norm, ternary_linear,
-    ternary_linear_group,
+    TernaryLinearExt, TernaryOps, TernaryWeight, gated_activation, rms_norm, rotary_embedding,
+    ternary_linear, ternary_linear_group,
 };
 pub use glu::FfnActivation;
 pub use half_matrix::HalfMatrix;

@@ -1,12 +1,12 @@
 //! The Burn extension on Flex, NdArray and Autodiff: equal to a float matmul with the
 //! dequantized weights, with the input gradient `dy · W`; the fused float ops (gated
-//! activation, RMSNorm) close to Burn's own ops, gradients included.
+//! activation, RMSNorm, RoPE) close to Burn's own ops, gradients included.
 
 mod common;
 
 use bitnet_backend::{
     FfnActivation, I2sWeights, LutWeights, ScaleConvention, TernaryLinearExt, TernaryWeight,
-    gated_activation, rms_norm, ternary_linear, ternary_linear_group,
+    gated_activation, rms_norm, rotary_embedding, ternary_linear, ternary_linear_group,
 };
 use burn::tensor::{Device, Tensor, TensorData, Tolerance};
 use common::Rng;
@@ -306,6 +306,62 @@ fn rms_norm_is_close_to_burns_ops_with_their_gradients() {
         1e-5,
     );
     assert!(err.unwrap_err().to_string().contains("width 4"));
+}
+
+/// RoPE in Burn's ops (the model's former implementation).
+fn burn_rope(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>) -> Tensor<4> {
+    let half = x.dims()[3] / 2;
+    let first = x.clone().narrow(3, 0, half);
+    let second = x.clone().narrow(3, half, half);
+    let rotated = Tensor::cat(vec![second.neg(), first], 3);
+    x * cos.unsqueeze::<4>() + rotated * sin.unsqueeze::<4>()
+}
+
+#[test]
+fn rotary_embedding_equals_burns_ops_with_their_gradients() {
+    let (shape, len, dim) = ([2, 6, 40, 32], 40, 32);
+    let mut rng = Rng::new(31);
+    let x = rng.floats(2 * 6 * len * dim);
+    let (cos, sin) = (rng.floats(len * dim), rng.floats(len * dim));
+    for (name, device) in devices() {
+        for device in [device.clone(), device.autodiff()] {
+            let table = |v: &[f32]| {
+                Tensor::<2>::from_data(TensorData::new(v.to_vec(), [len, dim]), &device)
+            };
+            let input = || {
+                let x = Tensor::<4>::from_data(TensorData::new(x.clone(), shape), &device);
+                if device.is_autodiff() {
+                    x.require_grad()
+                } else {
+                    x
+                }
+            };
+            let x_got = input();
+            let got = rotary_embedding(x_got.clone(), &table(&cos), &table(&sin)).unwrap();
+            let x_want = input();
+            let want = burn_rope(x_want.clone(), table(&cos), table(&sin));
+            got.clone()
+                .into_data()
+                .assert_eq(&want.clone().into_data(), true);
+            if device.is_autodiff() {
+                let dy =
+                    Tensor::<4>::from_data(TensorData::new(rng.floats(x.len()), shape), &device);
+                let grads = (got * dy.clone()).sum().backward();
+                let want_grads = (want * dy).sum().backward();
+                let got = x_got.grad(&grads).expect("gradient").into_data();
+                let want = x_want.grad(&want_grads).expect("gradient").into_data();
+                got.assert_approx_eq::<f32>(&want, relative_to_max(&want, 1e-6));
+                println!("{name}: values and gradients agree");
+            }
+        }
+    }
+    let device = Device::flex();
+    let table = Tensor::<2>::zeros([4, 6], &device);
+    let err = rotary_embedding(Tensor::<4>::zeros([1, 2, 5, 6], &device), &table, &table);
+    assert!(err.unwrap_err().to_string().contains("[1, 2, 5, 6]"));
+    let odd = Tensor::<2>::zeros([5, 3], &device);
+    let err = rotary_embedding(Tensor::<4>::zeros([1, 2, 5, 3], &device), &odd, &odd);
+    assert!(err.unwrap_err().to_string().contains("even"));
 }
 
 #[test]

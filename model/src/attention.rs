@@ -61,8 +61,8 @@ impl Attention {
         let split = |y: Tensor<3>, h: usize| y.reshape([batch, len, h, dim]).swap_dims(1, 2);
         let [q, k, v] = BitLinear::forward_group([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
         let (q, k, v) = (split(q, heads), split(k, kv_heads), split(v, kv_heads));
-        let q = RotaryEmbedding::apply(q, cos, sin);
-        let k = RotaryEmbedding::apply(k, cos, sin);
+        let q = RotaryEmbedding::apply(q, cos, sin)?;
+        let k = RotaryEmbedding::apply(k, cos, sin)?;
         let (k, v) = cache.append(k, v, start);
         let total = start + len;
 

@@ -1,5 +1,6 @@
 //! Rotary position embedding as HF computes it (`rotate_half`, the two halves of each head).
 
+use bitnet_backend::rotary_embedding;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::config::{BitNetConfig, Llama3RopeScaling};
@@ -62,13 +63,12 @@ impl RotaryEmbedding {
     /// - `x`: `[batch, heads, len, head_dim]`
     /// - `cos`, `sin`: `[len, head_dim]`
     /// - output: `[batch, heads, len, head_dim]`
-    pub fn apply(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
-        let [_, _, _, dim] = x.dims();
-        let half = dim / 2;
-        let first = x.clone().narrow(3, 0, half);
-        let second = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![second.neg(), first], 3);
-        x * cos.clone().unsqueeze::<4>() + rotated * sin.clone().unsqueeze::<4>()
+    pub fn apply(
+        x: Tensor<4>,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+    ) -> crate::error::Result<Tensor<4>> {
+        Ok(rotary_embedding(x, cos, sin)?)
     }
 }
 

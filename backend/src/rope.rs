@@ -1,0 +1,79 @@
+//! Rotary position embedding in the "rotate half" form of Llama and HF, one pass per row.
+//!
+//! Burn's version is five ops (two narrows, a negation, a concatenation, the products and a
+//! sum), each allocating a tensor on one thread, for the queries and the keys of every layer.
+
+use rayon::prelude::*;
+
+/// Values per rayon task; a tensor of at most this many runs on the calling thread (decode).
+const TASK_VALUES: usize = 16_384;
+
+/// `x * cos + rotate_half(x) * sin` for rows of `x` whose positions cycle through the rows of
+/// `cos` and `sin` (`[len, dim]`): row `r` of `x` is at position `r % len`, as in a
+/// `[batch, heads, len, dim]` tensor. `rotate_half(x) = [-x[half..], x[..half]]`; the products
+/// and the sum are in the order of Burn's ops for the same formula, so the bits are theirs.
+///
+/// # Panics
+/// If `dim` is odd or zero, or the lengths do not fit together: callers check shapes first.
+pub fn rotate_half(x: &[f32], cos: &[f32], sin: &[f32], dim: usize) -> Vec<f32> {
+    assert!(dim > 0 && dim.is_multiple_of(2), "dim must be even");
+    assert!(cos.len() == sin.len() && !cos.is_empty() && cos.len().is_multiple_of(dim));
+    let len = cos.len() / dim;
+    assert!(
+        x.len().is_multiple_of(len * dim),
+        "x must hold whole groups of positions"
+    );
+    let half = dim / 2;
+    let rotate_rows = |(first_row, (y, x)): (usize, (&mut [f32], &[f32]))| {
+        for (i, (y, x)) in y.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).enumerate() {
+            let position = (first_row + i) % len;
+            let (c, s) = (&cos[position * dim..][..dim], &sin[position * dim..][..dim]);
+            let (x1, x2) = x.split_at(half);
+            let (y1, y2) = y.split_at_mut(half);
+            for i in 0..half {
+                y1[i] = x1[i] * c[i] + -x2[i] * s[i];
+                y2[i] = x2[i] * c[half + i] + x1[i] * s[half + i];
+            }
+        }
+    };
+    let mut y = vec![0f32; x.len()];
+    if x.len() <= TASK_VALUES {
+        rotate_rows((0, (&mut y, x)));
+    } else {
+        let rows = TASK_VALUES.div_ceil(dim);
+        y.par_chunks_mut(rows * dim)
+            .zip(x.par_chunks(rows * dim))
+            .enumerate()
+            .for_each(|(task, pair)| rotate_rows((task * rows, pair)));
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_rotate_by_their_position_on_one_thread_and_on_the_pool() {
+        let (dim, len, groups) = (8, 5, 600);
+        let cos: Vec<f32> = (0..len * dim).map(|i| (i as f32 * 0.1).cos()).collect();
+        let sin: Vec<f32> = (0..len * dim).map(|i| (i as f32 * 0.1).sin()).collect();
+        let x: Vec<f32> = (0..groups * len * dim)
+            .map(|i| (i % 13) as f32 - 6.0)
+            .collect();
+        let y = rotate_half(&x, &cos, &sin, dim);
+        assert!(x.len() > TASK_VALUES, "the test covers the parallel path");
+        for (r, (y, x)) in y.chunks(dim).zip(x.chunks(dim)).enumerate() {
+            let p = r % len;
+            for i in 0..dim {
+                let rotated = if i < dim / 2 {
+                    -x[i + dim / 2]
+                } else {
+                    x[i - dim / 2]
+                };
+                let want = x[i] * cos[p * dim + i] + rotated * sin[p * dim + i];
+                assert_eq!(y[i].to_bits(), want.to_bits(), "row {r}, {i}");
+            }
+        }
+    }
+}
