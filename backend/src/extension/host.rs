@@ -1,0 +1,202 @@
+//! Flex and NdArray: both read their tensors in place and run the same host code.
+
+#![allow(deprecated)] // NdArray is deprecated in Burn 0.22 but Burn users still run it.
+
+use std::borrow::Cow;
+
+use burn::backend::flex::FlexTensor;
+use burn::backend::ndarray::NdArrayTensor;
+use burn::backend::{Flex, NdArray, TensorMetadata};
+use burn::tensor::{Shape, TensorData};
+
+use super::TernaryOps;
+use crate::error::Result;
+use crate::glu::FfnActivation;
+use crate::i2s::{I2sView, PackedFormat, TernaryLayout};
+use crate::kernels::{Isa, ternary_linear_group as host_linear_group};
+use crate::lut::{LutView, lut_linear};
+use crate::{norm, rope};
+
+/// `N` ternary layers applied to `x` (`[.., k]`): validated by [`super::TernaryWeight`] and
+/// [`super::ternary_linear_group`] beforehand, so a failure here is a broken invariant, not bad
+/// user input.
+fn group_on_host<const N: usize>(
+    x: &[f32],
+    x_shape: &Shape,
+    codes: [&[u8]; N],
+    layouts: &[TernaryLayout; N],
+) -> [TensorData; N] {
+    const CHECKED: &str = "ternary_linear checked the packed lengths and the input shape";
+    let m = x.len() / layouts[0].k;
+    let isa = Isa::selected().expect("ternary_linear checked BITNET_ISA before dispatch");
+    let outputs = if layouts.iter().all(|l| l.format == PackedFormat::I2s) {
+        let views = codes
+            .iter()
+            .zip(layouts)
+            .map(|(codes, layout)| I2sView::new(*layout, codes))
+            .collect::<Result<Vec<_>>>()
+            .expect(CHECKED);
+        host_linear_group(isa, &views, x, m).expect(CHECKED)
+    } else {
+        codes
+            .iter()
+            .zip(layouts)
+            .map(|(codes, layout)| match layout.format {
+                PackedFormat::I2s => I2sView::new(*layout, codes)
+                    .and_then(|w| host_linear_group(isa, &[w], x, m))
+                    .map(|mut ys| ys.swap_remove(0)),
+                PackedFormat::Lut => {
+                    LutView::new(*layout, codes).and_then(|w| lut_linear(isa, w, x, m))
+                }
+            })
+            .collect::<Result<Vec<_>>>()
+            .expect(CHECKED)
+    };
+    let mut outputs = outputs.into_iter();
+    std::array::from_fn(|i| {
+        let mut shape = x_shape.clone();
+        let last = shape.len() - 1;
+        shape[last] = layouts[i].n;
+        TensorData::new(outputs.next().expect("one output per layer"), shape)
+    })
+}
+
+fn dequantize_on_host(codes: &[u8], layout: TernaryLayout) -> TensorData {
+    let values = match layout.format {
+        PackedFormat::I2s => I2sView::new(layout, codes).map(|w| w.dequantize()),
+        PackedFormat::Lut => LutView::new(layout, codes).map(|w| w.dequantize()),
+    }
+    .expect("TernaryWeight validated the packed length");
+    TensorData::new(values, [layout.n, layout.k])
+}
+
+/// A CPU backend's tensor as the host code reads and writes it.
+trait HostTensor: TensorMetadata + Sized {
+    /// The values as f32, in place when the tensor is contiguous.
+    fn f32s(&self) -> Cow<'_, [f32]>;
+    /// The values as u8 (packed weights), in place when the tensor is contiguous.
+    fn u8s(&self) -> Cow<'_, [u8]>;
+    /// A tensor holding `data`.
+    fn from_host(data: TensorData) -> Self;
+}
+
+impl HostTensor for FlexTensor {
+    fn f32s(&self) -> Cow<'_, [f32]> {
+        flex_slice(self)
+    }
+
+    fn u8s(&self) -> Cow<'_, [u8]> {
+        flex_slice(self)
+    }
+
+    fn from_host(data: TensorData) -> Self {
+        FlexTensor::from_data(data)
+    }
+}
+
+fn flex_slice<E: burn::tensor::Element + bytemuck::Pod>(t: &FlexTensor) -> Cow<'_, [E]> {
+    match t.as_slice::<E>() {
+        Some(s) => s.into(),
+        None => t
+            .to_contiguous()
+            .as_slice::<E>()
+            .expect("contiguous tensor of the checked dtype")
+            .to_vec()
+            .into(),
+    }
+}
+
+impl HostTensor for NdArrayTensor {
+    fn f32s(&self) -> Cow<'_, [f32]> {
+        match self {
+            NdArrayTensor::F32(s) => match s.view().to_slice() {
+                Some(slice) => slice.into(),
+                None => s.view().iter().copied().collect::<Vec<_>>().into(),
+            },
+            other => panic!("ternary ops expect f32 values, got {:?}", other.dtype()),
+        }
+    }
+
+    fn u8s(&self) -> Cow<'_, [u8]> {
+        match self {
+            NdArrayTensor::U8(s) => match s.view().to_slice() {
+                Some(slice) => slice.into(),
+                None => s.view().iter().copied().collect::<Vec<_>>().into(),
+            },
+            other => panic!("packed ternary weights must be u8, got {:?}", other.dtype()),
+        }
+    }
+
+    fn from_host(data: TensorData) -> Self {
+        NdArrayTensor::from_data(data)
+    }
+}
+
+/// `N` ternary layers applied to `x` on the host.
+fn linear<T: HostTensor, const N: usize>(
+    x: &T,
+    packed: [&T; N],
+    layouts: &[TernaryLayout; N],
+) -> [T; N] {
+    let codes = packed.map(T::u8s);
+    let codes = std::array::from_fn(|i| codes[i].as_ref());
+    group_on_host(&x.f32s(), &x.shape(), codes, layouts).map(T::from_host)
+}
+
+/// `impl TernaryOps` for a backend whose tensors are [`HostTensor`]s: every op reads its inputs
+/// in place and runs the host code, the same for Flex and NdArray.
+macro_rules! host_ternary_ops {
+    ($backend:ty, $tensor:ty) => {
+        impl TernaryOps for $backend {
+            fn ternary_linear(x: $tensor, packed: $tensor, layout: TernaryLayout) -> $tensor {
+                let [y] = linear(&x, [&packed], &[layout]);
+                y
+            }
+
+            fn ternary_linear_pair(
+                x: $tensor,
+                first: $tensor,
+                second: $tensor,
+                layouts: [TernaryLayout; 2],
+            ) -> ($tensor, $tensor) {
+                let [a, b] = linear(&x, [&first, &second], &layouts);
+                (a, b)
+            }
+
+            fn ternary_linear_triple(
+                x: $tensor,
+                first: $tensor,
+                second: $tensor,
+                third: $tensor,
+                layouts: [TernaryLayout; 3],
+            ) -> ($tensor, $tensor, $tensor) {
+                let [a, b, c] = linear(&x, [&first, &second, &third], &layouts);
+                (a, b, c)
+            }
+
+            fn gated_activation(gate: $tensor, up: $tensor, activation: FfnActivation) -> $tensor {
+                let y = activation.apply(&gate.f32s(), &up.f32s());
+                <$tensor>::from_host(TensorData::new(y, gate.shape()))
+            }
+
+            fn rms_norm(x: $tensor, weight: $tensor, epsilon: f64) -> $tensor {
+                let y = norm::rms_norm(&x.f32s(), &weight.f32s(), epsilon);
+                <$tensor>::from_host(TensorData::new(y, x.shape()))
+            }
+
+            fn rotary_embedding(x: $tensor, cos: $tensor, sin: $tensor) -> $tensor {
+                let shape = x.shape();
+                let dim = shape[shape.num_dims() - 1];
+                let y = rope::rotate_half(&x.f32s(), &cos.f32s(), &sin.f32s(), dim);
+                <$tensor>::from_host(TensorData::new(y, shape))
+            }
+
+            fn ternary_dequantize(packed: $tensor, layout: TernaryLayout) -> $tensor {
+                <$tensor>::from_host(dequantize_on_host(&packed.u8s(), layout))
+            }
+        }
+    };
+}
+
+host_ternary_ops!(Flex, FlexTensor);
+host_ternary_ops!(NdArray, NdArrayTensor);

@@ -1,0 +1,390 @@
+//! The Burn backend extension: a ternary linear layer, and the float steps around it in a
+//! BitNet block, as Burn ops on Flex, NdArray and Autodiff.
+//!
+//! Packed weights (I2_S, or the LUT kernel's format) live on the device as a `U8` int tensor
+//! `[rows, k_padded / 4]` (so Burn records keep them) next to a [`TernaryLayout`]. Flex and
+//! NdArray read tensors in place and build outputs from the host code's `Vec`s (`host.rs`);
+//! Autodiff adds the input gradient `dy · W` of the ternary layer and builds the float steps
+//! from Burn's own tracked ops (`autodiff.rs`).
+
+#![allow(deprecated)] // NdArray is deprecated in Burn 0.22 but Burn users still run it.
+
+mod autodiff;
+mod host;
+
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Backend, Dispatch, backend_extension};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+use crate::error::{Result, TernaryError};
+use crate::glu::FfnActivation;
+use crate::i2s::{I2sWeights, PackedFormat, TernaryLayout};
+use crate::kernels::Isa;
+use crate::lut::LutWeights;
+use crate::select::KernelChoice;
+
+/// Ternary ops a backend provides.
+#[backend_extension(Flex, NdArray, Autodiff)]
+pub trait TernaryOps: Backend {
+    /// Quantizes each row of `x` to int8 and multiplies it by the packed ternary weights.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., k]` (f32)
+    /// - `packed`: `[n, k_padded / 4]` (u8, I2_S codes)
+    /// - output: `[..., n]`
+    fn ternary_linear(
+        x: FloatTensor<Self>,
+        packed: IntTensor<Self>,
+        layout: TernaryLayout,
+    ) -> FloatTensor<Self>;
+
+    /// [`TernaryOps::ternary_linear`] for two layers that read the same input (gate and up):
+    /// `x` is quantized once and one parallel call runs the rows of both (I2_S weights; other
+    /// formats run one by one). Burn's extension ops take no `Vec` of tensors, hence a pair and
+    /// a triple.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., k]` (f32)
+    /// - `first`, `second`: `[n_i, k_padded / 4]` (u8)
+    /// - outputs: `[..., n_i]`
+    fn ternary_linear_pair(
+        x: FloatTensor<Self>,
+        first: IntTensor<Self>,
+        second: IntTensor<Self>,
+        layouts: [TernaryLayout; 2],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// [`TernaryOps::ternary_linear_pair`] for three layers (query, key and value).
+    fn ternary_linear_triple(
+        x: FloatTensor<Self>,
+        first: IntTensor<Self>,
+        second: IntTensor<Self>,
+        third: IntTensor<Self>,
+        layouts: [TernaryLayout; 3],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The gated activation of a feed-forward block, `act(gate) * up` element-wise, on the
+    /// rayon pool (see [`FfnActivation::apply`]).
+    ///
+    /// # Shapes
+    /// - `gate`, `up`: one shape (f32)
+    /// - output: that shape
+    fn gated_activation(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        activation: FfnActivation,
+    ) -> FloatTensor<Self>;
+
+    /// RMSNorm over the last dimension, `weight * (x / sqrt(mean(x^2) + epsilon))`, one pass
+    /// per row on the rayon pool (see [`crate::norm::rms_norm`]).
+    ///
+    /// # Shapes
+    /// - `x`: `[..., d]` (f32), `weight`: `[d]`
+    /// - output: `[..., d]`
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, epsilon: f64)
+    -> FloatTensor<Self>;
+
+    /// Rotary position embedding, `x * cos + rotate_half(x) * sin`, one pass per row on the
+    /// rayon pool (see [`crate::rope::rotate_half`]).
+    ///
+    /// # Shapes
+    /// - `x`: `[..., len, dim]` (f32), `cos`, `sin`: `[len, dim]`
+    /// - output: `[..., len, dim]`
+    fn rotary_embedding(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// The dequantized weights.
+    ///
+    /// # Shapes
+    /// - `packed`: `[n, k_padded / 4]` (u8)
+    /// - output: `[n, k]` (f32)
+    fn ternary_dequantize(packed: IntTensor<Self>, layout: TernaryLayout) -> FloatTensor<Self>;
+}
+
+/// Packed ternary weights on a Burn device, validated once so every call can trust them.
+#[derive(Debug, Clone)]
+pub struct TernaryWeight {
+    packed: Tensor<2, Int>,
+    layout: TernaryLayout,
+}
+
+impl TernaryWeight {
+    /// Uploads host-packed weights to `device` as a `U8` tensor.
+    pub fn from_i2s(weights: &I2sWeights, device: &Device) -> Self {
+        Self::upload(weights.layout(), weights.codes(), device)
+    }
+
+    /// Uploads weights in the LUT kernel's format.
+    pub fn from_lut(weights: &LutWeights, device: &Device) -> Self {
+        Self::upload(weights.layout(), weights.bytes(), device)
+    }
+
+    /// Uploads I2_S weights in the format `BITNET_KERNEL` picks for them (`auto`: the faster
+    /// kernel family on this shape, measured once per shape).
+    pub fn from_i2s_selected(weights: &I2sWeights, device: &Device) -> Result<Self> {
+        Ok(match KernelChoice::selected()?.format_for(weights)? {
+            PackedFormat::I2s => Self::from_i2s(weights, device),
+            PackedFormat::Lut => Self::from_lut(&LutWeights::from_i2s(weights.view()), device),
+        })
+    }
+
+    fn upload(layout: TernaryLayout, bytes: &[u8], device: &Device) -> Self {
+        let data = TensorData::new(bytes.to_vec(), [layout.packed_rows(), layout.row_bytes()]);
+        Self {
+            packed: Tensor::from_data(data, (device, DType::U8)),
+            layout,
+        }
+    }
+
+    /// Wraps a `U8` tensor of packed weights `[packed_rows, k_padded / 4]` in the layout's format
+    /// (a loaded module parameter).
+    pub fn new(packed: Tensor<2, Int>, layout: TernaryLayout) -> Result<Self> {
+        let expected = [layout.packed_rows(), layout.row_bytes()];
+        if packed.dims() != expected {
+            return Err(TernaryError::Shape(format!(
+                "packed ternary weights are {:?}, expected {expected:?} for n={}, k={}",
+                packed.dims(),
+                layout.n,
+                layout.k
+            )));
+        }
+        if packed.dtype() != DType::U8 {
+            return Err(TernaryError::Shape(format!(
+                "packed ternary weights must be u8, got {:?}",
+                packed.dtype()
+            )));
+        }
+        Ok(Self { packed, layout })
+    }
+
+    /// The shape and scale.
+    pub fn layout(&self) -> TernaryLayout {
+        self.layout
+    }
+
+    /// The packed bytes.
+    pub fn packed(&self) -> &Tensor<2, Int> {
+        &self.packed
+    }
+
+    /// The weights read back to the host in I2_S, whatever their format on the device.
+    pub fn to_i2s(&self) -> Result<I2sWeights> {
+        let bytes = self
+            .packed
+            .clone()
+            .into_data()
+            .convert::<u8>()
+            .into_vec::<u8>()
+            .map_err(|e| TernaryError::Shape(format!("reading packed weights back: {e:?}")))?;
+        match self.layout.format {
+            PackedFormat::I2s => I2sWeights::from_codes(self.layout, bytes),
+            PackedFormat::Lut => LutWeights::from_bytes(self.layout, bytes)?.to_i2s(),
+        }
+    }
+
+    /// The dequantized float weights.
+    ///
+    /// # Shapes
+    /// - output: `[n, k]`
+    pub fn dequantize(&self) -> Tensor<2> {
+        Tensor::from_dispatch(<Dispatch as TernaryOps>::ternary_dequantize(
+            self.packed.clone().into_dispatch(),
+            self.layout,
+        ))
+    }
+}
+
+/// Applies a ternary linear layer: per-token int8 quantization of `x`, the exact int8 x ternary
+/// product, and the scale convention of the weights.
+///
+/// # Shapes
+/// - `x`: `[..., k]`
+/// - output: `[..., n]`
+pub fn ternary_linear<const D: usize>(x: Tensor<D>, weight: &TernaryWeight) -> Result<Tensor<D>> {
+    let mut outputs = ternary_linear_group(x, &[weight])?;
+    Ok(outputs.swap_remove(0))
+}
+
+/// Applies several ternary layers to one input (query, key and value; gate and up): the same
+/// outputs as [`ternary_linear`] per layer, with `x` quantized once and the rows of all layers
+/// in one parallel call. The layers must share `k` and the activation rule.
+///
+/// # Shapes
+/// - `x`: `[..., k]`
+/// - output `i`: `[..., n_i]` for `weights[i]`
+pub fn ternary_linear_group<const D: usize>(
+    x: Tensor<D>,
+    weights: &[&TernaryWeight],
+) -> Result<Vec<Tensor<D>>> {
+    let dims = x.dims();
+    let Some(first) = weights.first().map(|w| w.layout) else {
+        return Err(TernaryError::Shape(
+            "a group of ternary layers needs at least one layer".into(),
+        ));
+    };
+    for layout in weights.iter().map(|w| w.layout) {
+        if D == 0 || dims[D - 1] != layout.k {
+            return Err(TernaryError::Shape(format!(
+                "input shape {dims:?} does not end in k={} of the ternary weights",
+                layout.k
+            )));
+        }
+        if layout.activation != first.activation {
+            return Err(TernaryError::Shape(format!(
+                "layers applied to one input must share the activation rule: {:?} and {:?}",
+                first.activation, layout.activation
+            )));
+        }
+    }
+    Isa::selected()?;
+    let dtype = x.dtype();
+    let x = as_f32(x);
+    let packed = |w: &TernaryWeight| w.packed.clone().into_dispatch();
+    let mut outputs = Vec::with_capacity(weights.len());
+    // Triples, then a pair or a single layer for the rest.
+    for group in weights.chunks(3) {
+        let x = x.clone().into_dispatch();
+        match *group {
+            [a, b, c] => {
+                let (ya, yb, yc) = <Dispatch as TernaryOps>::ternary_linear_triple(
+                    x,
+                    packed(a),
+                    packed(b),
+                    packed(c),
+                    [a.layout, b.layout, c.layout],
+                );
+                outputs.extend([ya, yb, yc]);
+            }
+            [a, b] => {
+                let (ya, yb) = <Dispatch as TernaryOps>::ternary_linear_pair(
+                    x,
+                    packed(a),
+                    packed(b),
+                    [a.layout, b.layout],
+                );
+                outputs.extend([ya, yb]);
+            }
+            _ => {
+                outputs.extend(group.iter().map(|w| {
+                    <Dispatch as TernaryOps>::ternary_linear(x.clone(), packed(w), w.layout)
+                }))
+            }
+        }
+    }
+    Ok(outputs
+        .into_iter()
+        .map(|y| restore(Tensor::<D>::from_dispatch(y), dtype))
+        .collect())
+}
+
+/// The gated activation of a feed-forward block, `act(gate) * up`, on the rayon pool: Burn's
+/// `silu(gate) * up` (or `relu(gate).square() * up`) within a few ulps (see [`FfnActivation`]).
+///
+/// # Shapes
+/// - `gate`, `up`: one shape
+/// - output: that shape
+pub fn gated_activation<const D: usize>(
+    gate: Tensor<D>,
+    up: Tensor<D>,
+    activation: FfnActivation,
+) -> Result<Tensor<D>> {
+    if gate.dims() != up.dims() {
+        return Err(TernaryError::Shape(format!(
+            "gate {:?} and up {:?} must have one shape",
+            gate.dims(),
+            up.dims()
+        )));
+    }
+    let dtype = gate.dtype();
+    let y = Tensor::<D>::from_dispatch(<Dispatch as TernaryOps>::gated_activation(
+        as_f32(gate).into_dispatch(),
+        as_f32(up).into_dispatch(),
+        activation,
+    ));
+    Ok(restore(y, dtype))
+}
+
+/// RMSNorm over the last dimension: `weight * (x / sqrt(mean(x^2) + epsilon))`, one pass per
+/// row on the rayon pool.
+///
+/// # Shapes
+/// - `x`: `[..., d]`, `weight`: `[d]`
+/// - output: `[..., d]`
+pub fn rms_norm<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<1>,
+    epsilon: f64,
+) -> Result<Tensor<D>> {
+    let ([d], dims) = (weight.dims(), x.dims());
+    if D == 0 || d == 0 || dims[D - 1] != d {
+        return Err(TernaryError::Shape(format!(
+            "RMSNorm weight of width {d} does not fit an input of shape {dims:?}"
+        )));
+    }
+    let dtype = x.dtype();
+    let y = Tensor::<D>::from_dispatch(<Dispatch as TernaryOps>::rms_norm(
+        as_f32(x).into_dispatch(),
+        as_f32(weight).into_dispatch(),
+        epsilon,
+    ));
+    Ok(restore(y, dtype))
+}
+
+/// Rotary position embedding in the "rotate half" form of Llama and HF:
+/// `x * cos + rotate_half(x) * sin` with `rotate_half(x) = [-x[half..], x[..half]]`, one pass
+/// per row on the rayon pool, with the bits of Burn's ops for the same formula.
+///
+/// # Shapes
+/// - `x`: `[..., len, dim]`, `cos`, `sin`: `[len, dim]`
+/// - output: `[..., len, dim]`
+pub fn rotary_embedding<const D: usize>(
+    x: Tensor<D>,
+    cos: &Tensor<2>,
+    sin: &Tensor<2>,
+) -> Result<Tensor<D>> {
+    let (dims, [len, dim]) = (x.dims(), cos.dims());
+    if D < 2
+        || dims[D - 2..] != [len, dim]
+        || sin.dims() != [len, dim]
+        || !dim.is_multiple_of(2)
+        || dim == 0
+    {
+        return Err(TernaryError::Shape(format!(
+            "rotary tables {:?} and {:?} (even width) do not fit an input of shape {dims:?}",
+            cos.dims(),
+            sin.dims()
+        )));
+    }
+    let dtype = x.dtype();
+    let y = Tensor::<D>::from_dispatch(<Dispatch as TernaryOps>::rotary_embedding(
+        as_f32(x).into_dispatch(),
+        as_f32(cos.clone()).into_dispatch(),
+        as_f32(sin.clone()).into_dispatch(),
+    ));
+    Ok(restore(y, dtype))
+}
+
+/// The tensor in f32, which the host implementations read.
+fn as_f32<const D: usize>(t: Tensor<D>) -> Tensor<D> {
+    restore(t, DType::F32)
+}
+
+/// The tensor in `dtype` (unchanged if it already is).
+fn restore<const D: usize>(t: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if t.dtype() == dtype { t } else { t.cast(dtype) }
+}
+
+/// Method form of [`ternary_linear`], so a call reads like Burn's own ops: `x.ternary_linear(&w)?`.
+pub trait TernaryLinearExt<const D: usize> {
+    /// See [`ternary_linear`].
+    fn ternary_linear(self, weight: &TernaryWeight) -> Result<Tensor<D>>;
+}
+
+impl<const D: usize> TernaryLinearExt<D> for Tensor<D> {
+    fn ternary_linear(self, weight: &TernaryWeight) -> Result<Tensor<D>> {
+        ternary_linear(self, weight)
+    }
+}
