@@ -9,6 +9,11 @@
 //! at a time ([`DecodingKernel`]); the AVX-512 path unpacks in registers and computes tiles of
 //! rows x tokens from the packed rows directly. Either way a weight is decoded once per tile,
 //! not once per product.
+//!
+//! On the rayon pool, one token's rows are split across tasks that each finish their own
+//! outputs, and layers sharing an input go in one call ([`ternary_linear_group_quantized`]); a
+//! prefill of at least 16 tokens per thread is split into bands of tokens instead, each task
+//! running every row for its band. A few tokens in between split rows and finish afterwards.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -35,7 +40,8 @@ const TASK_ROWS: usize = 4;
 /// Tokens per rayon task in prefill, both computing sums and turning them into outputs; 16 i32
 /// share a cache line of sums.
 const BAND_TOKENS: usize = 16;
-/// Rows per block in that step: the sums they read stay in L1 while a band of tokens uses them.
+/// Rows per block when turning a band's sums into outputs: the sums stay in L1 while every
+/// token of the band uses them.
 const FINISH_ROWS: usize = 64;
 
 /// What one instruction set provides. Implementations are zero-sized markers; their functions
