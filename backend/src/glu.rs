@@ -7,6 +7,8 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::vectorize::{FloatLoop, vectorized};
+
 /// The gated feed-forward activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FfnActivation {
@@ -24,7 +26,7 @@ impl FfnActivation {
     /// `act(gate) * up` for one value, in the order of operations of Burn's ops
     /// (`silu(g) = g * sigmoid(g)`, `relu(g)^2 = r * r`); `relu^2` gives their bits, `silu`
     /// is within a few ulps of them (the `exp` differs).
-    #[inline]
+    #[inline(always)]
     pub fn gated(self, gate: f32, up: f32) -> f32 {
         match self {
             Self::Silu => gate * sigmoid(gate) * up,
@@ -43,9 +45,12 @@ impl FfnActivation {
         assert_eq!(gate.len(), up.len(), "gate and up must have one length");
         let mut out = vec![0f32; gate.len()];
         let run = |((out, gate), up): ((&mut [f32], &[f32]), &[f32])| {
-            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                *o = self.gated(g, u);
-            }
+            vectorized(GatedSlice {
+                activation: self,
+                out,
+                gate,
+                up,
+            })
         };
         if gate.len() <= CHUNK {
             run(((&mut out, gate), up));
@@ -56,6 +61,25 @@ impl FfnActivation {
                 .for_each(run);
         }
         out
+    }
+}
+
+/// `out[i] = act(gate[i]) * up[i]` over one slice.
+struct GatedSlice<'a> {
+    activation: FfnActivation,
+    out: &'a mut [f32],
+    gate: &'a [f32],
+    up: &'a [f32],
+}
+
+impl FloatLoop for GatedSlice<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        for ((o, &g), &u) in self.out.iter_mut().zip(self.gate).zip(self.up) {
+            *o = self.activation.gated(g, u);
+        }
     }
 }
 
@@ -102,6 +126,34 @@ fn exp_non_positive(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Isa;
+    use crate::vectorize::vectorized_on;
+
+    #[test]
+    fn every_path_gives_the_same_bits() {
+        let gate: Vec<f32> = (0..1037).map(|i| (i as f32 - 500.0) * 0.07).collect();
+        let up: Vec<f32> = (0..1037).map(|i| (i % 13) as f32 - 6.25).collect();
+        for activation in [FfnActivation::Silu, FfnActivation::Relu2] {
+            let run = |isa| {
+                let mut out = vec![0f32; gate.len()];
+                let (gate, up) = (&gate[..], &up[..]);
+                vectorized_on(
+                    isa,
+                    GatedSlice {
+                        activation,
+                        out: &mut out,
+                        gate,
+                        up,
+                    },
+                );
+                out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            let want = run(Isa::Scalar);
+            for isa in Isa::supported() {
+                assert_eq!(run(isa), want, "{isa}");
+            }
+        }
+    }
 
     #[test]
     fn parallel_and_serial_values_agree_and_follow_the_formula() {

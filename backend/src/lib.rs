@@ -19,6 +19,7 @@ pub mod norm;
 pub mod quant;
 pub mod rope;
 pub mod select;
+mod vectorize;
 
 pub use error::{Result, TernaryError};
 pub use extension::{

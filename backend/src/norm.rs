@@ -5,6 +5,8 @@
 
 use rayon::prelude::*;
 
+use crate::vectorize::{FloatLoop, vectorized};
+
 /// Values per rayon task; a tensor of at most this many runs on the calling thread (decode).
 const TASK_VALUES: usize = 16_384;
 
@@ -22,12 +24,12 @@ pub fn rms_norm(x: &[f32], weight: &[f32], epsilon: f64) -> Vec<f32> {
     );
     let epsilon = epsilon as f32;
     let norm_rows = |(y, x): (&mut [f32], &[f32])| {
-        for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-            let inv_rms = 1.0 / (sum_of_squares(x) / d as f32 + epsilon).sqrt();
-            for ((y, &x), &w) in y.iter_mut().zip(x).zip(weight) {
-                *y = w * (x * inv_rms);
-            }
-        }
+        vectorized(NormRows {
+            y,
+            x,
+            weight,
+            epsilon,
+        })
     };
     let mut y = vec![0f32; x.len()];
     if x.len() <= TASK_VALUES {
@@ -41,7 +43,31 @@ pub fn rms_norm(x: &[f32], weight: &[f32], epsilon: f64) -> Vec<f32> {
     y
 }
 
+/// RMSNorm of whole rows of `x` into `y`.
+struct NormRows<'a> {
+    y: &'a mut [f32],
+    x: &'a [f32],
+    weight: &'a [f32],
+    epsilon: f32,
+}
+
+impl FloatLoop for NormRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let d = self.weight.len();
+        for (y, x) in self.y.chunks_exact_mut(d).zip(self.x.chunks_exact(d)) {
+            let inv_rms = 1.0 / (sum_of_squares(x) / d as f32 + self.epsilon).sqrt();
+            for ((y, &x), &w) in y.iter_mut().zip(x).zip(self.weight) {
+                *y = w * (x * inv_rms);
+            }
+        }
+    }
+}
+
 /// `sum(x^2)` in eight independent lanes, which the compiler keeps in vector registers.
+#[inline(always)]
 fn sum_of_squares(x: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let blocks = x.chunks_exact(8);
@@ -57,6 +83,35 @@ fn sum_of_squares(x: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Isa;
+    use crate::vectorize::vectorized_on;
+
+    #[test]
+    fn every_path_gives_the_same_bits() {
+        let d = 1543;
+        let weight: Vec<f32> = (0..d).map(|i| 0.25 + (i % 7) as f32 / 3.0).collect();
+        let x: Vec<f32> = (0..d * 3)
+            .map(|i| ((i * 31) % 97) as f32 / 9.0 - 5.0)
+            .collect();
+        let run = |isa| {
+            let mut y = vec![0f32; x.len()];
+            let (x, weight) = (&x[..], &weight[..]);
+            vectorized_on(
+                isa,
+                NormRows {
+                    y: &mut y,
+                    x,
+                    weight,
+                    epsilon: 1e-6,
+                },
+            );
+            y.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
+        let want = run(Isa::Scalar);
+        for isa in Isa::supported() {
+            assert_eq!(run(isa), want, "{isa}");
+        }
+    }
 
     #[test]
     fn rows_are_normalized_alike_on_one_thread_and_on_the_pool() {

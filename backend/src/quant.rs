@@ -9,6 +9,8 @@
 
 use rayon::prelude::*;
 
+use crate::vectorize::{FloatLoop, vectorized};
+
 /// Smallest `amax` used for the scale, so an all-zero row quantizes to zeros instead of NaN.
 pub const AMAX_FLOOR: f32 = 1e-5;
 
@@ -113,31 +115,97 @@ impl QuantizedActivations {
 
 /// Quantizes one row into `q` (same length), returning its scale and the sum of `q`.
 pub fn quantize_row(x: &[f32], q: &mut [i8], rule: ActivationScale) -> (f32, i32) {
-    let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-    let scale = rule.scale(amax);
-    let mut sum = 0i32;
-    for (q, &v) in q.iter_mut().zip(x) {
-        // `as i8` saturates and maps NaN to 0: a NaN input cannot panic or overflow.
-        *q = round_ties_even_small((v * scale).clamp(-128.0, 127.0)) as i8;
-        sum += *q as i32;
-    }
-    (scale, sum)
+    vectorized(QuantizeRow { x, q, rule })
 }
 
-/// `y.round_ties_even()` for `|y| <= 2^22` (and NaN), in two additions the compiler vectorizes:
-/// without SSE4.1 in the baseline target, `round_ties_even` is a libm call per value (a fifth of
-/// prefill time). Adding 1.5 * 2^23 moves `y` where the float spacing is 1, so the addition
-/// itself rounds to the nearest integer, ties to even; subtracting it back is exact. Clamping
-/// to [-128, 127] before rounding instead of after gives the same integers.
+struct QuantizeRow<'a> {
+    x: &'a [f32],
+    q: &'a mut [i8],
+    rule: ActivationScale,
+}
+
+impl FloatLoop for QuantizeRow<'_> {
+    type Output = (f32, i32);
+
+    #[inline(always)]
+    fn run(self) -> (f32, i32) {
+        let amax = abs_max(self.x);
+        let scale = self.rule.scale(amax);
+        let mut sum = 0i32;
+        for (q, &v) in self.q.iter_mut().zip(self.x) {
+            *q = round_to_i8((v * scale).clamp(-128.0, 127.0));
+            sum += *q as i32;
+        }
+        (scale, sum)
+    }
+}
+
+/// `max(|x|)` (0 for an empty slice; NaN values are skipped, as `f32::max` does) in sixteen
+/// independent lanes. One running maximum is a chain the compiler must keep in order, one value
+/// at a time; the maximum of a set does not depend on the order, so the lanes give its bits.
 #[inline(always)]
-fn round_ties_even_small(y: f32) -> f32 {
+fn abs_max(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let blocks = x.chunks_exact(16);
+    let rest = blocks.remainder().iter().fold(0f32, |a, v| a.max(v.abs()));
+    for block in blocks {
+        for (lane, &v) in lanes.iter_mut().zip(block) {
+            *lane = lane.max(v.abs());
+        }
+    }
+    lanes.iter().fold(rest, |a, &v| a.max(v))
+}
+
+/// `y.round_ties_even() as i8` for `y` in [-128, 127], and 0 for NaN, in operations the
+/// compiler vectorizes (`round_ties_even` is a libm call per value without SSE4.1 in the
+/// baseline target, and float-to-int casts stay scalar). Adding 1.5 * 2^23 moves `y` where the
+/// float spacing is 1, so the addition itself rounds to the nearest integer, ties to even, and
+/// the integer is then the low bits of the sum (two's complement relative to the shifter's
+/// bits). Clamping to [-128, 127] before rounding instead of after gives the same integers.
+#[inline(always)]
+fn round_to_i8(y: f32) -> i8 {
     const SHIFTER: f32 = 12_582_912.0;
-    (y + SHIFTER) - SHIFTER
+    let y = if y.is_nan() { 0.0 } else { y };
+    (y + SHIFTER).to_bits().wrapping_sub(SHIFTER.to_bits()) as i8
 }
 
 #[cfg(test)]
 mod tests {
-    use super::round_ties_even_small;
+    use super::{ActivationScale, QuantizeRow, abs_max, round_to_i8};
+    use crate::kernels::Isa;
+    use crate::vectorize::vectorized_on;
+
+    #[test]
+    fn every_path_quantizes_to_the_same_bits() {
+        for len in [1, 15, 16, 33, 1536, 4099] {
+            // Halves and quarters of the scale's step hit ties; a NaN and an infinity included.
+            let mut x: Vec<f32> = (0..len)
+                .map(|i| ((i * 37) % 101) as f32 * 0.25 - 12.5)
+                .collect();
+            x[0] = f32::NAN;
+            if len > 20 {
+                x[20] = f32::INFINITY;
+            }
+            for rule in [ActivationScale::Reciprocal, ActivationScale::Quotient] {
+                let run = |isa| {
+                    let mut q = vec![0i8; len];
+                    let (scale, sum) = vectorized_on(
+                        isa,
+                        QuantizeRow {
+                            x: &x,
+                            q: &mut q,
+                            rule,
+                        },
+                    );
+                    (scale.to_bits(), sum, q)
+                };
+                let want = run(Isa::Scalar);
+                for isa in Isa::supported() {
+                    assert_eq!(run(isa), want, "{isa}, len {len}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn shifter_rounding_equals_round_ties_even() {
@@ -148,8 +216,27 @@ mod tests {
             .chain(dense)
             .chain([-0.0, 0.5, -0.5, 1.5, -2.5, 126.5, 127.0])
         {
-            assert_eq!(round_ties_even_small(y), y.round_ties_even(), "y = {y}");
+            let want = y.round_ties_even().clamp(-128.0, 127.0) as i8;
+            assert_eq!(round_to_i8(y.clamp(-128.0, 127.0)), want, "y = {y}");
         }
-        assert!(round_ties_even_small(f32::NAN).is_nan());
+        for nan in [f32::NAN, -f32::NAN, f32::from_bits(0x7fc0_00ff)] {
+            assert_eq!(round_to_i8(nan), 0);
+        }
+    }
+
+    #[test]
+    fn lane_maximum_equals_the_running_maximum() {
+        for len in [0, 1, 15, 16, 17, 100, 1537] {
+            let mut x: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919) % 211) as f32 - 105.5)
+                .collect();
+            if len > 3 {
+                x[3] = f32::NAN;
+            }
+            let want = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+            assert_eq!(abs_max(&x).to_bits(), want.to_bits(), "len {len}");
+        }
+        assert_eq!(abs_max(&[f32::NAN; 20]), 0.0);
+        assert_eq!(abs_max(&[-0.0; 20]).to_bits(), 0f32.to_bits());
     }
 }

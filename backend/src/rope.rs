@@ -5,6 +5,8 @@
 
 use rayon::prelude::*;
 
+use crate::vectorize::{FloatLoop, vectorized};
+
 /// Values per rayon task; a tensor of at most this many runs on the calling thread (decode).
 const TASK_VALUES: usize = 16_384;
 
@@ -23,18 +25,15 @@ pub fn rotate_half(x: &[f32], cos: &[f32], sin: &[f32], dim: usize) -> Vec<f32> 
         x.len().is_multiple_of(len * dim),
         "x must hold whole groups of positions"
     );
-    let half = dim / 2;
     let rotate_rows = |(first_row, (y, x)): (usize, (&mut [f32], &[f32]))| {
-        for (i, (y, x)) in y.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).enumerate() {
-            let position = (first_row + i) % len;
-            let (c, s) = (&cos[position * dim..][..dim], &sin[position * dim..][..dim]);
-            let (x1, x2) = x.split_at(half);
-            let (y1, y2) = y.split_at_mut(half);
-            for i in 0..half {
-                y1[i] = x1[i] * c[i] + -x2[i] * s[i];
-                y2[i] = x2[i] * c[half + i] + x1[i] * s[half + i];
-            }
-        }
+        vectorized(RotateRows {
+            y,
+            x,
+            cos,
+            sin,
+            dim,
+            first_row,
+        })
     };
     let mut y = vec![0f32; x.len()];
     if x.len() <= TASK_VALUES {
@@ -49,9 +48,71 @@ pub fn rotate_half(x: &[f32], cos: &[f32], sin: &[f32], dim: usize) -> Vec<f32> 
     y
 }
 
+/// Rotates whole rows of `x` into `y`, the first at row `first_row` of the tensor.
+struct RotateRows<'a> {
+    y: &'a mut [f32],
+    x: &'a [f32],
+    cos: &'a [f32],
+    sin: &'a [f32],
+    dim: usize,
+    first_row: usize,
+}
+
+impl FloatLoop for RotateRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let (dim, half) = (self.dim, self.dim / 2);
+        let len = self.cos.len() / dim;
+        let rows = self.y.chunks_exact_mut(dim).zip(self.x.chunks_exact(dim));
+        for (i, (y, x)) in rows.enumerate() {
+            let position = (self.first_row + i) % len;
+            let c = &self.cos[position * dim..][..dim];
+            let s = &self.sin[position * dim..][..dim];
+            let (x1, x2) = x.split_at(half);
+            let (y1, y2) = y.split_at_mut(half);
+            for i in 0..half {
+                y1[i] = x1[i] * c[i] + -x2[i] * s[i];
+                y2[i] = x2[i] * c[half + i] + x1[i] * s[half + i];
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Isa;
+    use crate::vectorize::vectorized_on;
+
+    #[test]
+    fn every_path_gives_the_same_bits() {
+        let (dim, len) = (46, 3);
+        let cos: Vec<f32> = (0..len * dim).map(|i| (i as f32 * 0.1).cos()).collect();
+        let sin: Vec<f32> = (0..len * dim).map(|i| (i as f32 * 0.1).sin()).collect();
+        let x: Vec<f32> = (0..7 * len * dim)
+            .map(|i| (i % 29) as f32 * 0.3 - 4.0)
+            .collect();
+        let run = |isa| {
+            let mut y = vec![0f32; x.len()];
+            let (x, cos, sin) = (&x[..], &cos[..], &sin[..]);
+            let rows = RotateRows {
+                y: &mut y,
+                x,
+                cos,
+                sin,
+                dim,
+                first_row: 1,
+            };
+            vectorized_on(isa, rows);
+            y.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
+        let want = run(Isa::Scalar);
+        for isa in Isa::supported() {
+            assert_eq!(run(isa), want, "{isa}");
+        }
+    }
 
     #[test]
     fn rows_rotate_by_their_position_on_one_thread_and_on_the_pool() {

@@ -6,8 +6,9 @@
 
 use std::arch::x86_64::*;
 
-use super::{DecodingKernel, TernaryKernel, decoded_dots};
+use super::{DecodingKernel, SumLayout, TernaryKernel, decoded_dots};
 use crate::i2s::{BLOCK, BLOCK_BYTES};
+use crate::vectorize::FloatLoop;
 
 pub(super) struct Avx2;
 
@@ -19,9 +20,16 @@ const CHUNKS_PER_FLUSH: usize = 32;
 const GEMV_ROWS: usize = 2;
 
 impl TernaryKernel for Avx2 {
-    unsafe fn raw_dots(codes: &[u8], rb: usize, q: &[i8], m: usize, out: &mut [i32]) {
+    unsafe fn raw_dots(
+        codes: &[u8],
+        rb: usize,
+        q: &[i8],
+        m: usize,
+        layout: SumLayout,
+        out: &mut [i32],
+    ) {
         // SAFETY: forwarded from the caller.
-        unsafe { decoded_dots::<Self>(codes, rb, q, m, out) }
+        unsafe { decoded_dots::<Self>(codes, rb, q, m, layout, out) }
     }
 }
 
@@ -54,6 +62,12 @@ impl DecodingKernel for Avx2 {
         // SAFETY: the caller guarantees AVX2 and equal lengths that are multiples of 128.
         unsafe { dot_tile(codes, qs) }
     }
+}
+
+/// Runs a float loop compiled with AVX2 (see [`crate::vectorize`]).
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn float_loop<L: FloatLoop>(body: L) -> L::Output {
+    body.run()
 }
 
 /// Splits 32 packed bytes into the four groups of 32 codes they hold, in column order.

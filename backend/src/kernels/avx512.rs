@@ -10,8 +10,9 @@
 
 use std::arch::x86_64::*;
 
-use super::{TernaryKernel, store};
+use super::{SumLayout, TernaryKernel, store};
 use crate::i2s::{BLOCK, BLOCK_BYTES};
+use crate::vectorize::FloatLoop;
 
 pub(super) struct Avx512Vnni;
 
@@ -25,7 +26,14 @@ const TILES_AHEAD: usize = 2;
 const TOKENS: usize = 4;
 
 impl TernaryKernel for Avx512Vnni {
-    unsafe fn raw_dots(codes: &[u8], rb: usize, q: &[i8], m: usize, out: &mut [i32]) {
+    unsafe fn raw_dots(
+        codes: &[u8],
+        rb: usize,
+        q: &[i8],
+        m: usize,
+        layout: SumLayout,
+        out: &mut [i32],
+    ) {
         let n = codes.len() / rb;
         let mut t = 0;
         // Token tiles outside, rows inside: the task's packed rows (a quarter of the bytes of the
@@ -39,7 +47,7 @@ impl TernaryKernel for Avx512Vnni {
                     codes,
                     rb,
                     q,
-                    m,
+                    layout,
                     r,
                     t,
                 };
@@ -64,16 +72,16 @@ struct Tile<'a> {
     codes: &'a [u8],
     rb: usize,
     q: &'a [i8],
-    m: usize,
+    layout: SumLayout,
     r: usize,
     t: usize,
 }
 
 impl Tile<'_> {
-    /// Computes rows `r..r + R` against tokens `t..t + T` and stores them in `out[row * m + token]`.
+    /// Computes rows `r..r + R` against tokens `t..t + T` and stores them where the layout says.
     ///
     /// # Safety
-    /// The CPU supports AVX-512 VNNI; `codes` holds whole rows of `rb` bytes, `q` holds `m`
+    /// The CPU supports AVX-512 VNNI; `codes` holds whole rows of `rb` bytes, `q` holds whole
     /// tokens of `4 * rb` activations, and the tile lies inside both.
     #[inline]
     unsafe fn run<const R: usize, const T: usize>(&self, out: &mut [i32]) {
@@ -83,8 +91,14 @@ impl Tile<'_> {
         // The following tiles' rows follow these in memory: prefetch a few tiles ahead.
         // SAFETY: forwarded from the caller; every slice is one whole row or token.
         let sums = unsafe { packed_tile::<R, T>(rows, tokens, TILES_AHEAD * R * rb) };
-        store(&sums, self.t, self.m, &mut out[self.r * self.m..]);
+        store(&sums, (self.r, self.t), self.layout, out);
     }
+}
+
+/// Runs a float loop compiled with AVX-512 (see [`crate::vectorize`]).
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
+pub(crate) fn float_loop<L: FloatLoop>(body: L) -> L::Output {
+    body.run()
 }
 
 /// Loads 64 bytes starting at `ptr`.

@@ -16,10 +16,14 @@
 //! running every row for its band. A few tokens in between split rows and finish afterwards.
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
-mod avx512;
+pub(crate) mod avx512;
+mod finish;
 mod scalar;
+
+pub(crate) use finish::finish_linear;
+use finish::finish_tokens;
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -47,13 +51,51 @@ const FINISH_ROWS: usize = 64;
 /// What one instruction set provides. Implementations are zero-sized markers; their functions
 /// are `unsafe` because they may only run on a CPU that has the instruction set.
 trait TernaryKernel {
-    /// `out[r * m + t] = sum_c code(r, c) * q[t][c]` for every packed row in `codes` and each
-    /// of the `m` tokens in `q`.
+    /// `out[layout.index(r, t)] = sum_c code(r, c) * q[t][c]` for every packed row in `codes`
+    /// and each of the `m` tokens in `q`.
     ///
     /// # Safety
-    /// The CPU supports the instruction set; `codes.len() * m == out.len() * row_bytes` and
-    /// `q.len() == m * 4 * row_bytes`, a multiple of the block per token.
-    unsafe fn raw_dots(codes: &[u8], row_bytes: usize, q: &[i8], m: usize, out: &mut [i32]);
+    /// The CPU supports the instruction set; `codes.len() * m == out.len() * row_bytes`,
+    /// `q.len() == m * 4 * row_bytes`, a multiple of the block per token, and `layout` maps
+    /// every row and token into `out`, with row `r` of token 0 at `r` when `m == 1`.
+    unsafe fn raw_dots(
+        codes: &[u8],
+        row_bytes: usize,
+        q: &[i8],
+        m: usize,
+        layout: SumLayout,
+        out: &mut [i32],
+    );
+}
+
+/// Where a kernel stores the sum of row `r` and token `t`: `r * row_stride + t * token_stride`.
+#[derive(Debug, Clone, Copy)]
+struct SumLayout {
+    row_stride: usize,
+    token_stride: usize,
+}
+
+impl SumLayout {
+    /// `[rows, m]`: a row's sums for all tokens together, so tasks splitting rows own slices.
+    fn by_row(m: usize) -> Self {
+        Self {
+            row_stride: m,
+            token_stride: 1,
+        }
+    }
+
+    /// `[m, rows]`: a token's sums in row order, as its outputs are; finishing needs no transpose.
+    fn by_token(rows: usize) -> Self {
+        Self {
+            row_stride: 1,
+            token_stride: rows,
+        }
+    }
+
+    #[inline(always)]
+    fn index(self, r: usize, t: usize) -> usize {
+        r * self.row_stride + t * self.token_stride
+    }
 }
 
 /// A kernel that streams packed rows for one token and unpacks rows to one byte per code for
@@ -273,6 +315,7 @@ fn gemv_group(isa: Isa, ws: &[I2sView<'_>], x: &QuantizedActivations) -> Vec<Vec
             rb,
             &x.q,
             1,
+            SumLayout::by_row(1),
             &mut sums,
         );
         for (y, &sum) in y.iter_mut().zip(&sums) {
@@ -303,8 +346,16 @@ fn banded_linear(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Vec<f32>
             let mut raw = BAND_RAW.take();
             raw.resize(n * tokens, 0);
             let q = &x.q[t0 * kp..(t0 + tokens) * kp];
-            dots(isa, w.codes, rb, q, tokens, &mut raw);
-            finish_band(&w.layout, x, Some(&x.sums), &raw, tokens, t0, y);
+            dots(
+                isa,
+                w.codes,
+                rb,
+                q,
+                tokens,
+                SumLayout::by_token(n),
+                &mut raw,
+            );
+            finish_tokens(&w.layout, x, &raw, t0, y);
             BAND_RAW.set(raw);
         });
     y
@@ -322,65 +373,6 @@ pub(crate) fn check_activations(layout: &TernaryLayout, x: &QuantizedActivations
         )));
     }
     Ok(())
-}
-
-/// The float outputs `[m, n]` from sums `raw[r * m + t]` minus `offsets[t]` (if any): the
-/// exact accumulators, in the reference's order of operations (shared by every kernel family,
-/// so they agree bit for bit). Tokens are split across the rayon pool in bands.
-pub(crate) fn finish_linear(
-    layout: &TernaryLayout,
-    x: &QuantizedActivations,
-    raw: &[i32],
-    offsets: Option<&[i32]>,
-) -> Vec<f32> {
-    let (m, n) = (x.m, layout.n);
-    let finish = |(band, y): (usize, &mut [f32])| {
-        let t0 = band * BAND_TOKENS;
-        finish_band(layout, x, offsets, &raw[t0..], m, t0, y);
-    };
-    let mut y = vec![0f32; m * n];
-    if m <= BAND_TOKENS {
-        finish((0, &mut y));
-    } else {
-        y.par_chunks_mut(BAND_TOKENS * n)
-            .enumerate()
-            .for_each(finish);
-    }
-    y
-}
-
-/// Outputs `y` (`[tokens, n]`) of tokens `t0..` from their sums, `raw[r * stride + i]` for
-/// row `r` and the band's token `i`. Rows go in blocks, so each cache line of sums serves every
-/// token of the band, and each block is transposed first so that the loop computing outputs
-/// runs over contiguous rows and its divisions vectorize.
-fn finish_band(
-    layout: &TernaryLayout,
-    x: &QuantizedActivations,
-    offsets: Option<&[i32]>,
-    raw: &[i32],
-    stride: usize,
-    t0: usize,
-    y: &mut [f32],
-) {
-    let (n, scale, convention) = (layout.n, layout.scale, layout.convention);
-    let tokens = y.len() / n;
-    let mut block = [[0i32; FINISH_ROWS]; BAND_TOKENS];
-    for r0 in (0..n).step_by(FINISH_ROWS) {
-        let rows = FINISH_ROWS.min(n - r0);
-        for r in 0..rows {
-            let sums = &raw[(r0 + r) * stride..][..tokens];
-            for (token, &sum) in block.iter_mut().zip(sums) {
-                token[r] = sum;
-            }
-        }
-        for ((i, y), sums) in y.chunks_exact_mut(n).enumerate().zip(&block) {
-            let t = t0 + i;
-            let (x_scale, offset) = (x.scales[t], offsets.map_or(0, |o| o[t]));
-            for (y, &sum) in y[r0..r0 + rows].iter_mut().zip(&sums[..rows]) {
-                *y = convention.output(sum - offset, x_scale, scale);
-            }
-        }
-    }
 }
 
 /// Quantizes `x` (`[m, k]`, row-major) per token and applies the ternary layer: `[m, n]`.
@@ -455,20 +447,20 @@ fn raw_dots(
     tasks.into_par_iter().for_each(|(w, r0, out)| {
         let rb = w.layout.row_bytes();
         let codes = &w.codes[r0 * rb..(r0 + out.len() / m) * rb];
-        dots(isa, codes, rb, &x.q, m, out);
+        dots(isa, codes, rb, &x.q, m, SumLayout::by_row(m), out);
     });
     Ok(())
 }
 
 /// `out[r * m + t]` for the packed rows in `codes` and the `m` tokens in `q`, on `isa`'s kernel
 /// (checked as supported by the caller).
-fn dots(isa: Isa, codes: &[u8], rb: usize, q: &[i8], m: usize, out: &mut [i32]) {
+fn dots(isa: Isa, codes: &[u8], rb: usize, q: &[i8], m: usize, layout: SumLayout, out: &mut [i32]) {
     match isa {
-        Isa::Scalar => run::<scalar::Scalar>(codes, rb, q, m, out),
+        Isa::Scalar => run::<scalar::Scalar>(codes, rb, q, m, layout, out),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => run::<avx2::Avx2>(codes, rb, q, m, out),
+        Isa::Avx2 => run::<avx2::Avx2>(codes, rb, q, m, layout, out),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => run::<avx512::Avx512Vnni>(codes, rb, q, m, out),
+        Isa::Avx512Vnni => run::<avx512::Avx512Vnni>(codes, rb, q, m, layout, out),
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("check_supported rejects x86 paths on other architectures"),
     }
@@ -480,7 +472,14 @@ fn rows_per_task(n: usize) -> usize {
     n.div_ceil(tasks).next_multiple_of(TASK_ROWS).max(8)
 }
 
-fn run<K: TernaryKernel>(codes: &[u8], rb: usize, q: &[i8], m: usize, out: &mut [i32]) {
+fn run<K: TernaryKernel>(
+    codes: &[u8],
+    rb: usize,
+    q: &[i8],
+    m: usize,
+    layout: SumLayout,
+    out: &mut [i32],
+) {
     assert_eq!(
         q.len(),
         m * rb * 4,
@@ -491,8 +490,16 @@ fn run<K: TernaryKernel>(codes: &[u8], rb: usize, q: &[i8], m: usize, out: &mut 
         out.len() * rb,
         "one output per row and token"
     );
-    // SAFETY: `dots`' callers checked the CPU supports K's instruction set; lengths asserted above.
-    unsafe { K::raw_dots(codes, rb, q, m, out) };
+    let rows = codes.len() / rb;
+    if rows > 0 && m > 0 {
+        assert!(
+            layout.index(rows - 1, m - 1) < out.len() && (m > 1 || layout.row_stride == 1),
+            "the sum layout must fit the output"
+        );
+    }
+    // SAFETY: `dots`' callers checked the CPU supports K's instruction set; lengths and the
+    // layout asserted above.
+    unsafe { K::raw_dots(codes, rb, q, m, layout, out) };
 }
 
 /// [`TernaryKernel::raw_dots`] for a [`DecodingKernel`]: packed rows for one token; for several,
@@ -505,6 +512,7 @@ unsafe fn decoded_dots<K: DecodingKernel>(
     rb: usize,
     q: &[i8],
     m: usize,
+    layout: SumLayout,
     out: &mut [i32],
 ) {
     let kp = rb * 4;
@@ -518,29 +526,29 @@ unsafe fn decoded_dots<K: DecodingKernel>(
     }
     DECODED.with_borrow_mut(|decoded| {
         decoded.resize(ROW_TILE * kp, 0);
-        for (tile, out) in codes
-            .chunks(ROW_TILE * rb)
-            .zip(out.chunks_mut(ROW_TILE * m))
-        {
+        for (i, tile) in codes.chunks(ROW_TILE * rb).enumerate() {
             for (row, dst) in tile.chunks_exact(rb).zip(decoded.chunks_exact_mut(kp)) {
                 // SAFETY: CPU support guaranteed by the caller; `dst` is 4 bytes per packed byte.
                 unsafe { K::decode_row(row, dst) };
             }
+            let r0 = i * ROW_TILE;
             if tile.len() == ROW_TILE * rb {
-                token_tiles::<K, ROW_TILE>(decoded, q, kp, m, out);
+                token_tiles::<K, ROW_TILE>(decoded, q, kp, m, (r0, layout), out);
             } else {
-                token_tiles::<K, 1>(decoded, q, kp, m, out);
+                token_tiles::<K, 1>(decoded, q, kp, m, (r0, layout), out);
             }
         }
     });
 }
 
-/// Runs `R` decoded rows against all `m` tokens, `TOKEN_TILE` at a time, then one at a time.
+/// Runs `R` decoded rows (rows `r0..` of the output) against all `m` tokens, `TOKEN_TILE` at a
+/// time, then one at a time.
 fn token_tiles<K: DecodingKernel, const R: usize>(
     decoded: &[u8],
     q: &[i8],
     kp: usize,
     m: usize,
+    (r0, layout): (usize, SumLayout),
     out: &mut [i32],
 ) {
     let codes: [&[u8]; R] = std::array::from_fn(|r| &decoded[r * kp..(r + 1) * kp]);
@@ -553,24 +561,27 @@ fn token_tiles<K: DecodingKernel, const R: usize>(
             let sums = unsafe {
                 K::dot_tile::<R, TOKEN_TILE>(codes, std::array::from_fn(|i| token(t + i)))
             };
-            store(&sums, t, m, out);
+            store(&sums, (r0, t), layout, out);
         } else {
             // SAFETY: as above.
             let sums = unsafe { K::dot_tile::<R, 1>(codes, [token(t)]) };
-            store(&sums, t, m, out);
+            store(&sums, (r0, t), layout, out);
         }
         t += tile;
     }
 }
 
-/// Writes a tile of sums for rows `0..R` and tokens `t0..t0 + T` into `out[row * m + token]`.
+/// Writes a tile of sums for rows `r0..r0 + R` and tokens `t0..t0 + T` where `layout` puts them.
+#[inline(always)]
 fn store<const R: usize, const T: usize>(
     sums: &[[i32; T]; R],
-    t0: usize,
-    m: usize,
+    (r0, t0): (usize, usize),
+    layout: SumLayout,
     out: &mut [i32],
 ) {
     for (r, row) in sums.iter().enumerate() {
-        out[r * m + t0..r * m + t0 + T].copy_from_slice(row);
+        for (t, &sum) in row.iter().enumerate() {
+            out[layout.index(r0 + r, t0 + t)] = sum;
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Portable reference path: plain loops over the I2_S layout.
 
-use super::{DecodingKernel, TernaryKernel, decoded_dots};
+use super::{DecodingKernel, SumLayout, TernaryKernel, decoded_dots};
 use crate::i2s::{BLOCK, BLOCK_BYTES};
 
 pub(super) struct Scalar;
@@ -10,9 +10,16 @@ pub(super) struct Scalar;
 const SHIFTS: [u32; 4] = [6, 4, 2, 0];
 
 impl TernaryKernel for Scalar {
-    unsafe fn raw_dots(codes: &[u8], rb: usize, q: &[i8], m: usize, out: &mut [i32]) {
+    unsafe fn raw_dots(
+        codes: &[u8],
+        rb: usize,
+        q: &[i8],
+        m: usize,
+        layout: SumLayout,
+        out: &mut [i32],
+    ) {
         // SAFETY: forwarded from the caller.
-        unsafe { decoded_dots::<Self>(codes, rb, q, m, out) }
+        unsafe { decoded_dots::<Self>(codes, rb, q, m, layout, out) }
     }
 }
 

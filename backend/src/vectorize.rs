@@ -1,0 +1,40 @@
+//! Float loops (activation quantization, norms, rotary embedding, gated activation, finishing
+//! kernel sums) compiled for the selected instruction set.
+//!
+//! The crate is built for baseline x86-64, where the compiler vectorizes these loops four floats
+//! wide with SSE2 (and rounds with scalar conversions); the same source compiled with AVX2 or
+//! AVX-512 enabled runs eight or sixteen wide. Each loop is a [`FloatLoop`] whose `run` is
+//! `#[inline(always)]`, so it is compiled into the `#[target_feature]` function of the chosen path
+//! rather than called from it. The arithmetic is the same IR on every path (no fused
+//! multiply-adds are formed and no reductions reordered), so every path gives the same bits.
+
+use crate::kernels::Isa;
+
+/// A loop over floats whose body is compiled into the caller's instruction set.
+pub(crate) trait FloatLoop {
+    /// What the loop returns.
+    type Output;
+    /// Runs the loop; implementations are `#[inline(always)]` so the path's features apply.
+    fn run(self) -> Self::Output;
+}
+
+/// Runs `body` compiled for the selected path ([`Isa::selected`]; scalar when `BITNET_ISA` is
+/// invalid, which the ternary ops report).
+pub(crate) fn vectorized<L: FloatLoop>(body: L) -> L::Output {
+    vectorized_on(Isa::selected().unwrap_or(Isa::Scalar), body)
+}
+
+/// Runs `body` compiled for `isa`, which must be supported (scalar otherwise).
+pub(crate) fn vectorized_on<L: FloatLoop>(isa: Isa, body: L) -> L::Output {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: checked just before that the CPU has the path's features.
+        Isa::Avx512Vnni if isa.is_supported() => unsafe {
+            crate::kernels::avx512::float_loop(body)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 if isa.is_supported() => unsafe { crate::kernels::avx2::float_loop(body) },
+        _ => body.run(),
+    }
+}
