@@ -95,7 +95,7 @@ fn sigmoid(x: f32) -> f32 {
 /// a polynomial for `exp(r)`, then `2^n` from its bits), 0 below `ln(2^-126)`. No branches or
 /// libm calls, so loops over it vectorize.
 #[inline(always)]
-fn exp_non_positive(x: f32) -> f32 {
+pub(crate) fn exp_non_positive(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split in two, so `n * LN2_HI` is exact for the `n` that occur.
     const LN2_HI: f32 = 0.693_359_4;

@@ -8,6 +8,7 @@
 //! Lossless means: the int32 accumulators equal the exact `sum(q * w)` of the int8 activations
 //! and ternary weights, and the float output follows the reference formula bit for bit.
 
+pub mod attention;
 pub mod error;
 pub mod extension;
 pub mod glu;
@@ -23,8 +24,8 @@ mod vectorize;
 
 pub use error::{Result, TernaryError};
 pub use extension::{
-    TernaryLinearExt, TernaryOps, TernaryWeight, gated_activation, rms_norm, rotary_embedding,
-    ternary_linear, ternary_linear_group,
+    TernaryLinearExt, TernaryOps, TernaryWeight, cached_attention, gated_activation, rms_norm,
+    rotary_embedding, ternary_linear, ternary_linear_group,
 };
 pub use glu::FfnActivation;
 pub use half_matrix::HalfMatrix;

@@ -5,14 +5,14 @@
 
 use rayon::prelude::*;
 
-use crate::vectorize::{FloatLoop, vectorized};
+use crate::vectorize::{FloatLoop, lane_dot, vectorized};
 
 /// Values per rayon task; a tensor of at most this many runs on the calling thread (decode).
 const TASK_VALUES: usize = 16_384;
 
 /// `weight * (x * (1 / sqrt(mean(x^2) + epsilon)))` for each row of `x` (`[rows, d]` with
 /// `d = weight.len()`), in the order of operations of Burn's ops for the same formula. The sum
-/// of squares runs in eight lanes, so the last bits may differ from Burn's reduction.
+/// of squares runs in sixteen lanes, so the last bits may differ from Burn's reduction.
 ///
 /// # Panics
 /// If `weight` is empty or `x.len()` is not a multiple of its length: callers check shapes.
@@ -58,26 +58,12 @@ impl FloatLoop for NormRows<'_> {
     fn run(self) {
         let d = self.weight.len();
         for (y, x) in self.y.chunks_exact_mut(d).zip(self.x.chunks_exact(d)) {
-            let inv_rms = 1.0 / (sum_of_squares(x) / d as f32 + self.epsilon).sqrt();
+            let inv_rms = 1.0 / (lane_dot(x, x) / d as f32 + self.epsilon).sqrt();
             for ((y, &x), &w) in y.iter_mut().zip(x).zip(self.weight) {
                 *y = w * (x * inv_rms);
             }
         }
     }
-}
-
-/// `sum(x^2)` in eight independent lanes, which the compiler keeps in vector registers.
-#[inline(always)]
-fn sum_of_squares(x: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let blocks = x.chunks_exact(8);
-    let rest: f32 = blocks.remainder().iter().map(|v| v * v).sum();
-    for block in blocks {
-        for (lane, &v) in lanes.iter_mut().zip(block) {
-            *lane += v * v;
-        }
-    }
-    lanes.iter().sum::<f32>() + rest
 }
 
 #[cfg(test)]

@@ -38,3 +38,37 @@ pub(crate) fn vectorized_on<L: FloatLoop>(isa: Isa, body: L) -> L::Output {
         _ => body.run(),
     }
 }
+
+/// `sum(a * b)` in sixteen independent lanes, which the compiler keeps in vector registers
+/// (one running sum is a chain it must keep in order).
+#[inline(always)]
+pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let (blocks_a, blocks_b) = (a.chunks_exact(16), b.chunks_exact(16));
+    let rest: f32 = blocks_a
+        .remainder()
+        .iter()
+        .zip(blocks_b.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in blocks_a.zip(blocks_b) {
+        for ((lane, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
+            *lane += x * y;
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
+/// `sum(x)` in sixteen lanes.
+#[inline(always)]
+pub(crate) fn lane_sum(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let blocks = x.chunks_exact(16);
+    let rest: f32 = blocks.remainder().iter().sum();
+    for block in blocks {
+        for (lane, &v) in lanes.iter_mut().zip(block) {
+            *lane += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}

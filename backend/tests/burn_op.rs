@@ -1,14 +1,16 @@
 //! The Burn extension on Flex, NdArray and Autodiff: equal to a float matmul with the
 //! dequantized weights, with the input gradient `dy · W`; the fused float ops (gated
-//! activation, RMSNorm, RoPE) close to Burn's own ops, gradients included.
+//! activation, RMSNorm, RoPE, cached attention) close to Burn's own ops, gradients included.
 
 mod common;
 
 use bitnet_backend::{
     FfnActivation, I2sWeights, LutWeights, ScaleConvention, TernaryLinearExt, TernaryWeight,
-    gated_activation, rms_norm, rotary_embedding, ternary_linear, ternary_linear_group,
+    cached_attention, gated_activation, rms_norm, rotary_embedding, ternary_linear,
+    ternary_linear_group,
 };
-use burn::tensor::{Device, Tensor, TensorData, Tolerance};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, Device, Tensor, TensorData, Tolerance};
 use common::Rng;
 
 fn devices() -> Vec<(&'static str, Device)> {
@@ -362,6 +364,97 @@ fn rotary_embedding_equals_burns_ops_with_their_gradients() {
     let odd = Tensor::<2>::zeros([5, 3], &device);
     let err = rotary_embedding(Tensor::<4>::zeros([1, 2, 5, 3], &device), &odd, &odd);
     assert!(err.unwrap_err().to_string().contains("even"));
+}
+
+/// Attention in Burn's ops (the model's former implementation).
+fn burn_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, start: usize, len: usize) -> Tensor<4> {
+    let ([_, _, rows, dim], seen) = (q.dims(), start + len);
+    let (k, v) = (k.narrow(2, 0, seen), v.narrow(2, 0, seen));
+    let scores = q.matmul(k.swap_dims(2, 3)) * (dim as f64).powf(-0.5);
+    let future = Tensor::<2, Bool>::tril_mask([len, seen], start as i64, &scores.device())
+        .repeat_dim(0, rows / len)
+        .unsqueeze::<4>();
+    softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3).matmul(v)
+}
+
+#[test]
+fn cached_attention_is_close_to_burns_ops_with_their_gradients() {
+    // [batch, kv_heads, group, len, start, capacity, dim]: grouped heads continuing a cache (on
+    // the calling thread), then a prefill large enough for the pool.
+    for [batch, heads, group, len, start, capacity, dim] in
+        [[2, 3, 2, 5, 7, 16, 20], [1, 4, 1, 40, 0, 48, 64]]
+    {
+        let mut rng = Rng::new(41);
+        let (q_shape, cache_shape) = (
+            [batch, heads, group * len, dim],
+            [batch, heads, capacity, dim],
+        );
+        let q = rng.floats(q_shape.iter().product());
+        let (k, v) = (
+            rng.floats(cache_shape.iter().product()),
+            rng.floats(cache_shape.iter().product()),
+        );
+        for (name, device) in devices() {
+            for device in [device.clone(), device.autodiff()] {
+                let inputs = || {
+                    let tensor = |values: &[f32], shape: [usize; 4]| {
+                        let t = Tensor::<4>::from_data(
+                            TensorData::new(values.to_vec(), shape),
+                            &device,
+                        );
+                        if device.is_autodiff() {
+                            t.require_grad()
+                        } else {
+                            t
+                        }
+                    };
+                    (
+                        tensor(&q, q_shape),
+                        tensor(&k, cache_shape),
+                        tensor(&v, cache_shape),
+                    )
+                };
+                let (q_got, k_got, v_got) = inputs();
+                let got = cached_attention(q_got.clone(), k_got.clone(), v_got.clone(), start, len)
+                    .unwrap();
+                let (q_want, k_want, v_want) = inputs();
+                let want =
+                    burn_attention(q_want.clone(), k_want.clone(), v_want.clone(), start, len);
+                let want_data = want.clone().into_data();
+                let got_data = got.clone().into_data();
+                got_data.assert_approx_eq::<f32>(&want_data, relative_to_max(&want_data, 1e-5));
+                if !device.is_autodiff() {
+                    continue;
+                }
+                let dy =
+                    Tensor::<4>::from_data(TensorData::new(rng.floats(q.len()), q_shape), &device);
+                let grads = (got * dy.clone()).sum().backward();
+                let want_grads = (want * dy).sum().backward();
+                for (got, want) in [(q_got, q_want), (k_got, k_want), (v_got, v_want)] {
+                    let got = got.grad(&grads).expect("gradient").into_data();
+                    let want = want.grad(&want_grads).expect("gradient").into_data();
+                    got.assert_approx_eq::<f32>(&want, relative_to_max(&want, 1e-5));
+                }
+                println!("{name}: values and gradients agree");
+            }
+        }
+    }
+    let device = Device::flex();
+    let cache = Tensor::<4>::zeros([1, 2, 8, 4], &device);
+    let attend = |q_shape: [usize; 4], start, len| {
+        let q = Tensor::<4>::zeros(q_shape, &device);
+        cached_attention(q, cache.clone(), cache.clone(), start, len)
+    };
+    assert!(attend([1, 2, 3, 4], 5, 3).is_ok());
+    for (q_shape, start, len) in [
+        ([1, 2, 3, 4], 6, 3),
+        ([1, 3, 3, 4], 0, 3),
+        ([1, 2, 3, 5], 0, 3),
+        ([1, 2, 3, 4], 0, 2),
+    ] {
+        let err = attend(q_shape, start, len).unwrap_err().to_string();
+        assert!(err.contains("[1, 2, 8, 4]"), "{err}");
+    }
 }
 
 #[test]

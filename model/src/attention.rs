@@ -1,8 +1,8 @@
 //! Grouped-query self-attention with RoPE, an optional sub-norm before `o_proj` and the KV cache.
 
+use bitnet_backend::cached_attention;
 use burn::module::Module;
-use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::Tensor;
 
 use crate::bitlinear::BitLinear;
 use crate::cache::LayerCache;
@@ -63,20 +63,13 @@ impl Attention {
         let (q, k, v) = (split(q, heads), split(k, kv_heads), split(v, kv_heads));
         let q = RotaryEmbedding::apply(q, cos, sin)?;
         let k = RotaryEmbedding::apply(k, cos, sin)?;
-        let (k, v) = cache.append(k, v, start);
-        let total = start + len;
+        let (keys, values) = cache.append(k, v, start);
 
         // Query heads sharing a key/value head are stacked along the position axis, so one
-        // batched matmul serves the whole group without copying keys and values per head.
+        // pass over the keys and values serves the whole group without copying them per head.
         let group = heads / kv_heads;
         let q = q.reshape([batch, kv_heads, group * len, dim]);
-        let scores = q.matmul(k.swap_dims(2, 3)) * (dim as f64).powf(-0.5);
-        let future = Tensor::<2, Bool>::tril_mask([len, total], start as i64, &scores.device())
-            .repeat_dim(0, group)
-            .unsqueeze::<4>();
-        let probs = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3);
-        let out = probs
-            .matmul(v)
+        let out = cached_attention(q, keys, values, start, len)?
             .reshape([batch, heads, len, dim])
             .swap_dims(1, 2)
             .reshape([batch, len, heads * dim]);

@@ -14,12 +14,13 @@ pub struct LayerCache {
 }
 
 impl LayerCache {
-    /// Writes `keys` and `values` of `len` new positions at `start` and returns everything cached
-    /// so far (positions `0..start + len`).
+    /// Writes `keys` and `values` of `len` new positions at `start` and returns the whole
+    /// buffers, positions `0..start + len` filled (attention reads them in place; a slice
+    /// would be copied to be made contiguous).
     ///
     /// # Shapes
     /// - `keys`, `values`: `[batch, kv_heads, len, head_dim]`
-    /// - outputs: `[batch, kv_heads, start + len, head_dim]`
+    /// - outputs: `[batch, kv_heads, context, head_dim]`
     pub fn append(
         &mut self,
         keys: Tensor<4>,
@@ -28,13 +29,11 @@ impl LayerCache {
     ) -> (Tensor<4>, Tensor<4>) {
         let [batch, heads, len, dim] = keys.dims();
         let target = [0..batch, 0..heads, start..start + len, 0..dim];
-        let filled = [0..batch, 0..heads, 0..start + len, 0..dim];
         let write = |slot: &mut Option<Tensor<4>>, new: Tensor<4>| {
             let buffer = slot.take().expect("a layer cache always holds its buffers");
             let buffer = buffer.slice_assign(target.clone(), new);
-            let filled = buffer.clone().slice(filled.clone());
-            *slot = Some(buffer);
-            filled
+            *slot = Some(buffer.clone());
+            buffer
         };
         (write(&mut self.keys, keys), write(&mut self.values, values))
     }

@@ -8,7 +8,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::ops::{ActivationOps, FloatTensorOps};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, AutodiffBackend, Backend, TensorMetadata};
-use burn::tensor::{Shape, Slice};
+use burn::tensor::{Shape, Slice, TensorData};
 
 use super::TernaryOps;
 use crate::glu::FfnActivation;
@@ -140,6 +140,37 @@ impl<B: Backend + TernaryOps, C: CheckpointStrategy> TernaryOps for Autodiff<B, 
             Self::float_mul(x, table(cos)),
             Self::float_mul(rotated, table(sin)),
         )
+    }
+
+    /// Burn's own tracked ops (two matmuls, a mask and a softmax), so the gradient reaches the
+    /// queries, keys and values.
+    fn cached_attention(
+        queries: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        start: usize,
+        len: usize,
+    ) -> FloatTensor<Self> {
+        let shape = queries.shape();
+        let (rows, dim, seen) = (shape[2], shape[3], start + len);
+        let filled = |t: FloatTensor<Self>| {
+            let mut slices: Vec<Slice> = t.shape().iter().map(|&d| Slice::from(0..d)).collect();
+            slices[2] = Slice::from(0..seen);
+            Self::float_slice(t, &slices)
+        };
+        let keys = Self::float_swap_dims(filled(keys), 2, 3);
+        let scale = (dim as f64).powf(-0.5);
+        let scores = Self::float_mul_scalar(Self::float_matmul(queries, keys), scale.into());
+        let future: Vec<bool> = (0..rows)
+            .flat_map(|j| (0..seen).map(move |p| p > start + j % len))
+            .collect();
+        let future = B::bool_from_data(
+            TensorData::new(future, [1, 1, rows, seen]),
+            &scores.device(),
+        );
+        let future = B::bool_expand(future, scores.shape());
+        let scores = Self::float_mask_fill(scores, future, f32::NEG_INFINITY.into());
+        Self::float_matmul(Self::softmax(scores, 3), filled(values))
     }
 
     fn ternary_dequantize(packed: IntTensor<Self>, layout: TernaryLayout) -> FloatTensor<Self> {

@@ -10,6 +10,7 @@ use burn::backend::{Flex, NdArray, TensorMetadata};
 use burn::tensor::{Shape, TensorData};
 
 use super::TernaryOps;
+use crate::attention::{self, AttentionShape};
 use crate::error::Result;
 use crate::glu::FfnActivation;
 use crate::i2s::{I2sView, PackedFormat, TernaryLayout};
@@ -68,6 +69,19 @@ fn dequantize_on_host(codes: &[u8], layout: TernaryLayout) -> TensorData {
     }
     .expect("TernaryWeight validated the packed length");
     TensorData::new(values, [layout.n, layout.k])
+}
+
+/// The dimensions of a [`TernaryOps::cached_attention`] call (checked by its public wrapper).
+fn attention_shape(queries: &Shape, keys: &Shape, start: usize, len: usize) -> AttentionShape {
+    AttentionShape {
+        batch: queries[0],
+        kv_heads: queries[1],
+        rows: queries[2],
+        dim: queries[3],
+        capacity: keys[2],
+        start,
+        len,
+    }
 }
 
 /// A CPU backend's tensor as the host code reads and writes it.
@@ -189,6 +203,20 @@ macro_rules! host_ternary_ops {
                 let dim = shape[shape.num_dims() - 1];
                 let y = rope::rotate_half(&x.f32s(), &cos.f32s(), &sin.f32s(), dim);
                 <$tensor>::from_host(TensorData::new(y, shape))
+            }
+
+            fn cached_attention(
+                queries: $tensor,
+                keys: $tensor,
+                values: $tensor,
+                start: usize,
+                len: usize,
+            ) -> $tensor {
+                let q_shape = queries.shape();
+                let (q, k, v) = (queries.f32s(), keys.f32s(), values.f32s());
+                let shape = attention_shape(&q_shape, &keys.shape(), start, len);
+                let y = attention::cached_attention(&q, &k, &v, shape);
+                <$tensor>::from_host(TensorData::new(y, q_shape))
             }
 
             fn ternary_dequantize(packed: $tensor, layout: TernaryLayout) -> $tensor {

@@ -96,6 +96,22 @@ pub trait TernaryOps: Backend {
         sin: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 
+    /// Causal attention of `len` new positions starting at `start` over a key/value cache,
+    /// one pass per query row (see [`crate::attention::cached_attention`]).
+    ///
+    /// # Shapes
+    /// - `queries`: `[batch, kv_heads, rows, dim]` (f32), query heads sharing a key/value head
+    ///   stacked along `rows`; row `j` is at position `start + j % len`
+    /// - `keys`, `values`: `[batch, kv_heads, capacity, dim]`, positions `0..start + len` filled
+    /// - output: `[batch, kv_heads, rows, dim]`
+    fn cached_attention(
+        queries: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        start: usize,
+        len: usize,
+    ) -> FloatTensor<Self>;
+
     /// The dequantized weights.
     ///
     /// # Shapes
@@ -363,6 +379,46 @@ pub fn rotary_embedding<const D: usize>(
         as_f32(x).into_dispatch(),
         as_f32(cos.clone()).into_dispatch(),
         as_f32(sin.clone()).into_dispatch(),
+    ));
+    Ok(restore(y, dtype))
+}
+
+/// Causal attention of `len` new positions starting at `start` over a key/value cache:
+/// `softmax(q k^T / sqrt(dim))` over the positions each query may see, times the values.
+///
+/// # Shapes
+/// - `queries`: `[batch, kv_heads, rows, dim]`, query heads sharing a key/value head stacked
+///   along `rows`; row `j` is at position `start + j % len`
+/// - `keys`, `values`: `[batch, kv_heads, capacity, dim]`, positions `0..start + len` filled
+/// - output: `[batch, kv_heads, rows, dim]`
+pub fn cached_attention(
+    queries: Tensor<4>,
+    keys: Tensor<4>,
+    values: Tensor<4>,
+    start: usize,
+    len: usize,
+) -> Result<Tensor<4>> {
+    let ([batch, heads, rows, dim], cache) = (queries.dims(), keys.dims());
+    if cache != values.dims()
+        || cache[..2] != [batch, heads]
+        || cache[3] != dim
+        || len == 0
+        || !rows.is_multiple_of(len)
+        || start + len > cache[2]
+    {
+        return Err(TernaryError::Shape(format!(
+            "queries {:?} ({len} new positions from {start}) do not fit keys {cache:?} and values {:?}",
+            queries.dims(),
+            values.dims()
+        )));
+    }
+    let dtype = queries.dtype();
+    let y = Tensor::<4>::from_dispatch(<Dispatch as TernaryOps>::cached_attention(
+        as_f32(queries).into_dispatch(),
+        as_f32(keys).into_dispatch(),
+        as_f32(values).into_dispatch(),
+        start,
+        len,
     ));
     Ok(restore(y, dtype))
 }
