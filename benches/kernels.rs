@@ -2,7 +2,8 @@
 //! weight shapes of the 700M dummy, BitNet b1.58 2B4T and Llama3-8B, for 1 and 2 threads and
 //! every instruction set this CPU has and both kernel families (I2_S and `lut-*`), next to
 //! Burn's own f32 matmul on Flex; then a decode
-//! sweep over a 3B-sized stack of layers (~0.8 GB of packed weights, far beyond any cache).
+//! sweep over a 3B-sized stack of layers (~0.8 GB of packed weights, far beyond any cache) and
+//! the 3B layout's F16 LM head.
 //!
 //! `cargo bench --bench kernels` (all), `cargo bench --bench kernels -- sweep` (the sweep only).
 //! Throughput is reported as ternary multiply-accumulates per second (`elem/s`) for the kernel
@@ -14,8 +15,8 @@ use std::time::Duration;
 use bitnet_backend::kernels::ternary_linear_quantized;
 use bitnet_backend::lut::lut_linear_quantized;
 use bitnet_backend::{
-    ActivationScale, I2sWeights, Isa, LutWeights, QuantizedActivations, ScaleConvention,
-    TernaryLayout,
+    ActivationScale, HalfMatrix, I2sWeights, Isa, LutWeights, QuantizedActivations,
+    ScaleConvention, TernaryLayout,
 };
 use burn::tensor::{Device, Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -203,5 +204,36 @@ fn decode_sweep(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, kernels, decode_sweep);
+/// The F16 LM head of the 3B layout (`[32002, 3200]`, 205 MB): one matrix-vector product per
+/// decode step, streamed like the ternary layers.
+fn head(c: &mut Criterion) {
+    let (vocab, hidden) = (32_002, 3200);
+    let values: Vec<f32> = random_bytes(vocab * hidden, 5)
+        .iter()
+        .map(|&b| (b as f32 - 128.0) / 64.0)
+        .collect();
+    let head = HalfMatrix::from_f32_exact(&values, vocab, hidden).expect("exact in F16");
+    let x: Vec<f32> = (0..hidden).map(|i| (i % 17) as f32 - 8.0).collect();
+    let mut group = c.benchmark_group("head");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8));
+    group.throughput(Throughput::Bytes((vocab * hidden * 2) as u64));
+    for threads in THREADS {
+        let pool = pool(threads);
+        for isa in Isa::supported().into_iter().filter(|&i| i != Isa::Scalar) {
+            group.bench_function(
+                BenchmarkId::new(format!("{isa}/t{threads}"), "3B f16"),
+                |b| {
+                    b.iter(|| {
+                        pool.install(|| black_box(head.matvec(isa, &x).expect("valid shapes")))
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, kernels, decode_sweep, head);
 criterion_main!(benches);

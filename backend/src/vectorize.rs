@@ -43,32 +43,50 @@ pub(crate) fn vectorized_on<L: FloatLoop>(isa: Isa, body: L) -> L::Output {
 /// (one running sum is a chain it must keep in order).
 #[inline(always)]
 pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let (blocks_a, blocks_b) = (a.chunks_exact(16), b.chunks_exact(16));
-    let rest: f32 = blocks_a
-        .remainder()
-        .iter()
-        .zip(blocks_b.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
+    let mut lanes = [0f32; LANES];
+    let (blocks_a, blocks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (rest_a, rest_b) = (blocks_a.remainder(), blocks_b.remainder());
     for (x, y) in blocks_a.zip(blocks_b) {
         for ((lane, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
             *lane += x * y;
         }
     }
-    lanes.iter().sum::<f32>() + rest
+    for ((lane, &x), &y) in lanes.iter_mut().zip(rest_a).zip(rest_b) {
+        *lane += x * y;
+    }
+    reduce_lanes(lanes)
 }
 
-/// `sum(x)` in sixteen lanes.
+/// `sum(x)` in sixteen independent lanes.
 #[inline(always)]
 pub(crate) fn lane_sum(x: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let blocks = x.chunks_exact(16);
-    let rest: f32 = blocks.remainder().iter().sum();
+    let mut lanes = [0f32; LANES];
+    let blocks = x.chunks_exact(LANES);
+    let rest = blocks.remainder();
     for block in blocks {
         for (lane, &v) in lanes.iter_mut().zip(block) {
             *lane += v;
         }
     }
-    lanes.iter().sum::<f32>() + rest
+    for (lane, &v) in lanes.iter_mut().zip(rest) {
+        *lane += v;
+    }
+    reduce_lanes(lanes)
+}
+
+/// Lanes of the sums above: one 512-bit register.
+const LANES: usize = 16;
+
+/// The sum of the lanes as a tree of halvings, a few vector shuffles and adds rather than a
+/// chain of sixteen dependent additions.
+#[inline(always)]
+fn reduce_lanes(mut lanes: [f32; LANES]) -> f32 {
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            lanes[i] += lanes[i + width];
+        }
+        width /= 2;
+    }
+    lanes[0]
 }
