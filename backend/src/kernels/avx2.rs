@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{DecodingKernel, SumLayout, TernaryKernel, decoded_dots};
+use super::DecodingKernel;
 use crate::i2s::{BLOCK, BLOCK_BYTES};
 use crate::vectorize::FloatLoop;
 
@@ -18,20 +18,6 @@ const GEMV_BLOCKS_PER_FLUSH: usize = 8;
 const CHUNKS_PER_FLUSH: usize = 32;
 /// Rows interleaved in the one-token path, sharing each activation load.
 const GEMV_ROWS: usize = 2;
-
-impl TernaryKernel for Avx2 {
-    unsafe fn raw_dots(
-        codes: &[u8],
-        rb: usize,
-        q: &[i8],
-        m: usize,
-        layout: SumLayout,
-        out: &mut [i32],
-    ) {
-        // SAFETY: forwarded from the caller.
-        unsafe { decoded_dots::<Self>(codes, rb, q, m, layout, out) }
-    }
-}
 
 impl DecodingKernel for Avx2 {
     unsafe fn gemv(codes: &[u8], row_bytes: usize, q: &[i8], out: &mut [i32]) {

@@ -98,6 +98,21 @@ impl SumLayout {
     }
 }
 
+/// Every [`DecodingKernel`] is a [`TernaryKernel`] through [`decoded_dots`].
+impl<K: DecodingKernel> TernaryKernel for K {
+    unsafe fn raw_dots(
+        codes: &[u8],
+        rb: usize,
+        q: &[i8],
+        m: usize,
+        layout: SumLayout,
+        out: &mut [i32],
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { decoded_dots::<K>(codes, rb, q, m, layout, out) }
+    }
+}
+
 /// A kernel that streams packed rows for one token and unpacks rows to one byte per code for
 /// several, so that unpacking is paid once per row, not per token.
 trait DecodingKernel {

@@ -1,6 +1,6 @@
 //! Portable reference path: plain loops over the I2_S layout.
 
-use super::{DecodingKernel, SumLayout, TernaryKernel, decoded_dots};
+use super::DecodingKernel;
 use crate::i2s::{BLOCK, BLOCK_BYTES};
 
 pub(super) struct Scalar;
@@ -8,20 +8,6 @@ pub(super) struct Scalar;
 /// The four weights byte `p` of a block holds sit at `p + GROUP * 32` for these groups, in bits
 /// `SHIFTS[group]`.
 const SHIFTS: [u32; 4] = [6, 4, 2, 0];
-
-impl TernaryKernel for Scalar {
-    unsafe fn raw_dots(
-        codes: &[u8],
-        rb: usize,
-        q: &[i8],
-        m: usize,
-        layout: SumLayout,
-        out: &mut [i32],
-    ) {
-        // SAFETY: forwarded from the caller.
-        unsafe { decoded_dots::<Self>(codes, rb, q, m, layout, out) }
-    }
-}
 
 impl DecodingKernel for Scalar {
     unsafe fn gemv(codes: &[u8], row_bytes: usize, q: &[i8], out: &mut [i32]) {
