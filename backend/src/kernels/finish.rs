@@ -2,6 +2,8 @@
 //! row and token, in the reference's order of operations (shared by every kernel family, so they
 //! agree bit for bit), compiled for the selected path.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::{BAND_TOKENS, FINISH_ROWS};
@@ -113,7 +115,7 @@ pub(super) fn finish_tokens(
     x: &QuantizedActivations,
     raw: &[i32],
     t0: usize,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
 ) {
     vectorized(FinishTokens {
         layout,
@@ -130,7 +132,7 @@ struct FinishTokens<'a> {
     x: &'a QuantizedActivations,
     raw: &'a [i32],
     t0: usize,
-    y: &'a mut [f32],
+    y: &'a mut [MaybeUninit<f32>],
 }
 
 impl FloatLoop for FinishTokens<'_> {
@@ -150,7 +152,7 @@ impl FloatLoop for FinishTokens<'_> {
         for (i, (y, sums)) in rows.enumerate() {
             let (x_scale, offset) = (x.scales[t0 + i], x.sums[t0 + i]);
             for (y, &sum) in y.iter_mut().zip(sums) {
-                *y = convention.output(sum - offset, x_scale, scale);
+                y.write(convention.output(sum - offset, x_scale, scale));
             }
         }
     }
@@ -190,16 +192,20 @@ mod tests {
                 let (layout, x) = (&layout, &x);
                 if tokens_first {
                     let raw = &by_token[..];
-                    vectorized_on(
-                        isa,
-                        FinishTokens {
-                            layout,
-                            x,
-                            raw,
-                            t0: 0,
-                            y: &mut y,
-                        },
-                    );
+                    let mut out = vec![MaybeUninit::new(f32::NAN); y.len()];
+                    let finish = FinishTokens {
+                        layout,
+                        x,
+                        raw,
+                        t0: 0,
+                        y: &mut out,
+                    };
+                    vectorized_on(isa, finish);
+                    // SAFETY: every value was initialized when `out` was made.
+                    y = out
+                        .into_iter()
+                        .map(|v| unsafe { v.assume_init() })
+                        .collect();
                 } else {
                     let (offsets, raw) = (Some(&x.sums[..]), &by_row[..]);
                     let stride = tokens;
