@@ -135,7 +135,7 @@ impl FloatLoop for AttendRows<'_> {
         } = self.shape;
         let transposed = rows >= TRANSPOSED_ROWS;
         let mut scores = Vec::with_capacity(start + len);
-        // The keys of `kt_head`, transposed to `[dim, start + len]`.
+        // The keys of `kt_head`, transposed (see `transpose`).
         let (mut kt, mut kt_head) = (Vec::new(), usize::MAX);
         for (i, out) in self.out.chunks_exact_mut(dim).enumerate() {
             let row = self.first + i;
