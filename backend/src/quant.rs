@@ -118,6 +118,7 @@ pub fn quantize_row(x: &[f32], q: &mut [i8], rule: ActivationScale) -> (f32, i32
     vectorized(QuantizeRow { x, q, rule })
 }
 
+/// The arguments of [`quantize_row`], as a loop compiled for the selected path.
 struct QuantizeRow<'a> {
     x: &'a [f32],
     q: &'a mut [i8],
