@@ -34,6 +34,20 @@ impl TernaryKernel for Avx512Vnni {
         layout: SumLayout,
         out: &mut [i32],
     ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { tiles(codes, rb, q, m, layout, out) }
+    }
+}
+
+/// [`TernaryKernel::raw_dots`] tile by tile, compiled with the kernel's features so that each
+/// tile's routine is inlined into this loop rather than called (the call passed its row and
+/// token slices and returned its sums through memory, once per tile).
+///
+/// # Safety
+/// As [`TernaryKernel::raw_dots`].
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+unsafe fn tiles(codes: &[u8], rb: usize, q: &[i8], m: usize, layout: SumLayout, out: &mut [i32]) {
+    {
         let n = codes.len() / rb;
         let mut t = 0;
         // Token tiles outside, rows inside: the task's packed rows (a quarter of the bytes of the
@@ -152,6 +166,7 @@ fn unscale(acc: __m512i) -> i32 {
 /// # Safety
 /// The CPU supports AVX-512 VNNI; every row is `qs[t].len() / 4` bytes and every token's
 /// length is a multiple of 128.
+#[inline]
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
 unsafe fn packed_tile<const R: usize, const T: usize>(
     rows: [&[u8]; R],
