@@ -3,7 +3,7 @@
 //! every instruction set this CPU has and both kernel families (I2_S and `lut-*`), next to
 //! Burn's own f32 matmul on Flex; then a decode
 //! sweep over a 3B-sized stack of layers (~0.8 GB of packed weights, far beyond any cache) and
-//! the 3B layout's F16 LM head.
+//! the 3B layout's LM head in F16 and int8.
 //!
 //! `cargo bench --bench kernels` (all), `cargo bench --bench kernels -- sweep` (the sweep only).
 //! Throughput is reported as ternary multiply-accumulates per second (`elem/s`) for the kernel
@@ -15,7 +15,7 @@ use std::time::Duration;
 use bitnet_backend::kernels::ternary_linear_quantized;
 use bitnet_backend::lut::lut_linear_quantized;
 use bitnet_backend::{
-    ActivationScale, HalfMatrix, I2sWeights, Isa, LutWeights, QuantizedActivations,
+    ActivationScale, HalfMatrix, I2sWeights, Int8Matrix, Isa, LutWeights, QuantizedActivations,
     ScaleConvention, TernaryLayout,
 };
 use burn::tensor::{Device, Tensor, TensorData};
@@ -204,32 +204,44 @@ fn decode_sweep(c: &mut Criterion) {
     group.finish();
 }
 
-/// The F16 LM head of the 3B layout (`[32002, 3200]`, 205 MB): one matrix-vector product per
-/// decode step, streamed like the ternary layers.
+/// The LM head of the 3B layout (`[32002, 3200]`) in F16 (205 MB) and int8 (102 MB): one
+/// matrix-vector product per decode step, streamed like the ternary layers. Throughput is the
+/// bytes of the format read per second.
 fn head(c: &mut Criterion) {
     let (vocab, hidden) = (32_002, 3200);
     let values: Vec<f32> = random_bytes(vocab * hidden, 5)
         .iter()
         .map(|&b| (b as f32 - 128.0) / 64.0)
         .collect();
-    let head = HalfMatrix::from_f32_exact(&values, vocab, hidden).expect("exact in F16");
+    let half = HalfMatrix::from_f32_exact(&values, vocab, hidden).expect("exact in F16");
+    let int8 = Int8Matrix::quantize(&values, vocab, hidden).expect("valid shape");
     let x: Vec<f32> = (0..hidden).map(|i| (i % 17) as f32 - 8.0).collect();
+    type Product<'a> = Box<dyn Fn(Isa) -> Vec<f32> + Sync + 'a>;
+    let formats: [(&str, usize, Product); 2] = [
+        (
+            "3B f16",
+            vocab * hidden * 2,
+            Box::new(|isa| half.matvec(isa, &x).expect("valid shapes")),
+        ),
+        (
+            "3B int8",
+            int8.bytes(),
+            Box::new(|isa| int8.matvec(isa, &x).expect("valid shapes")),
+        ),
+    ];
     let mut group = c.benchmark_group("head");
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(8));
-    group.throughput(Throughput::Bytes((vocab * hidden * 2) as u64));
-    for threads in THREADS {
-        let pool = pool(threads);
-        for isa in Isa::supported().into_iter().filter(|&i| i != Isa::Scalar) {
-            group.bench_function(
-                BenchmarkId::new(format!("{isa}/t{threads}"), "3B f16"),
-                |b| {
-                    b.iter(|| {
-                        pool.install(|| black_box(head.matvec(isa, &x).expect("valid shapes")))
-                    })
-                },
-            );
+    for (name, bytes, product) in &formats {
+        group.throughput(Throughput::Bytes(*bytes as u64));
+        for threads in THREADS {
+            let pool = pool(threads);
+            for isa in Isa::supported().into_iter().filter(|&i| i != Isa::Scalar) {
+                group.bench_function(BenchmarkId::new(format!("{isa}/t{threads}"), name), |b| {
+                    b.iter(|| pool.install(|| black_box(product(isa))))
+                });
+            }
         }
     }
     group.finish();

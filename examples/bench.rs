@@ -64,7 +64,7 @@ fn run(args: Args) -> Result<()> {
     let device = args.device.device();
     let dir = args.model.path();
     let start = Instant::now();
-    let model = common::load_model(&dir, &device)?;
+    let model = args.model.load(&device)?;
     let load_s = start.elapsed().as_secs_f64();
     eprintln!("loaded {} in {load_s:.3} s", dir.display());
     let model_bytes = model_bytes(&dir)?;
@@ -100,6 +100,7 @@ fn run(args: Args) -> Result<()> {
                 "model_bytes": model_bytes,
                 "load_s": load_s,
                 "params": model.config.num_parameters(),
+                "head": model.head_format(),
                 "backend": format!("{:?}", args.device).to_lowercase(),
                 "test": name,
                 "threads": threads,
@@ -181,17 +182,18 @@ fn peak_rss_bytes() -> Option<u64> {
 }
 
 fn print_table(rows: &[Value], model_bytes: u64, rss: Option<u64>) {
-    println!("| model | size | params | backend | threads | test | t/s |");
-    println!("|---|---:|---:|---|---:|---|---:|");
+    println!("| model | size | params | head | backend | threads | test | t/s |");
+    println!("|---|---:|---:|---|---|---:|---|---:|");
     for row in rows {
         let model = Path::new(row["model"].as_str().unwrap_or(""))
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         println!(
-            "| {model} | {:.2} MiB | {} | {} | {} | {} | {:.2} ± {:.2} |",
+            "| {model} | {:.2} MiB | {} | {} | {} | {} | {} | {:.2} ± {:.2} |",
             model_bytes as f64 / (1 << 20) as f64,
             row["params"],
+            row["head"].as_str().unwrap_or(""),
             row["backend"].as_str().unwrap_or(""),
             row["threads"],
             row["test"].as_str().unwrap_or(""),

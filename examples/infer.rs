@@ -85,12 +85,11 @@ fn run(args: Args) -> Result<()> {
     if args.model.model.is_none() && args.prompt.is_empty() && !args.conversation {
         args.prompt = DEMO_PROMPT.into();
     }
-    let model_dir = args.model.path();
     let device = args.run.init()?;
     if args.ctx_size == Some(0) {
         bail!("--ctx-size must be at least 1");
     }
-    let model = common::load_model(&model_dir, &device)?;
+    let model = args.model.load(&device)?;
     let ctx_size = args
         .ctx_size
         .unwrap_or(model.config.max_position_embeddings.min(2048));

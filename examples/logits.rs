@@ -41,7 +41,7 @@ fn main() {
 
 fn run(args: Args) -> Result<()> {
     let device = args.run.init()?;
-    let model = common::load_model(&args.model.path(), &device)?;
+    let model = args.model.load(&device)?;
     let ids = match &args.text {
         Some(text) => {
             let ids = args.model.tokenizer()?.encode(text, true)?;

@@ -49,7 +49,7 @@ fn run(args: Args) -> Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     let model_dir = args.model.path();
-    let model = common::load_model(&model_dir, &device)?;
+    let model = args.model.load(&device)?;
     let tokenizer = args.model.tokenizer()?;
     let tokens = tokenizer.encode(&text, true)?;
     let ctx = args

@@ -28,12 +28,14 @@ fn bench_reports_prefill_and_decode_per_thread_count() {
         assert!(row["sd_tps"].as_f64().unwrap() >= 0.0, "{row}");
         assert_eq!(row["reps"], 2);
         assert!(row["model_bytes"].as_u64().unwrap() > 1_000_000, "{row}");
+        assert_ne!(row["head"], "int8", "{row}");
     }
 
-    let table = run_example("bench", &["-p", "8", "-n", "0", "-t", "1", "-r", "1"], "");
+    let args = ["-p", "8", "-n", "2", "-t", "1", "-r", "1", "--int8-head"];
+    let table = run_example("bench", &args, "");
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
-        text.starts_with("| model |") && text.contains("pp8"),
+        text.starts_with("| model |") && text.contains("pp8") && text.contains("| int8 |"),
         "{text}"
     );
 }

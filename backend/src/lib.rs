@@ -14,6 +14,7 @@ pub mod extension;
 pub mod glu;
 pub mod half_matrix;
 pub mod i2s;
+pub mod int8_matrix;
 pub mod kernels;
 pub mod lut;
 pub mod norm;
@@ -30,6 +31,7 @@ pub use extension::{
 pub use glu::FfnActivation;
 pub use half_matrix::HalfMatrix;
 pub use i2s::{I2sView, I2sWeights, PackedFormat, ScaleConvention, TernaryLayout};
+pub use int8_matrix::Int8Matrix;
 pub use kernels::Isa;
 pub use lut::{LutView, LutWeights};
 pub use quant::{ActivationScale, QuantizedActivations};

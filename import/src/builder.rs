@@ -147,6 +147,7 @@ impl Builder<'_> {
             norm,
             lm_head,
             half_head: half_head.flatten().map(Arc::new),
+            int8_head: None,
             rope: RotaryEmbedding::new(c),
             config: c.clone(),
         })

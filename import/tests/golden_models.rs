@@ -180,6 +180,37 @@ fn logits_and_hidden_states_match_the_reference() {
     }
 }
 
+/// The opt-in int8 LM head, fed one position at a time (decode-sized calls, which use it), keeps
+/// every position's logits within the manifest's hard limit.
+#[test]
+fn int8_head_logits_stay_within_the_hard_limit() {
+    let Some(cases) = cases() else { return };
+    let device = Device::flex();
+    for case in &cases {
+        let model = load(&case.model_dir, &device).with_int8_head().unwrap();
+        assert!(model.int8_head.is_some() && model.half_head.is_none());
+        for seq in &case.sequences {
+            let mut cache = model.new_cache(1, seq.input_ids.len());
+            let mut got = Vec::new();
+            for &id in &seq.input_ids {
+                got.extend(values(
+                    model.forward(tokens(&[id], &device), &mut cache).unwrap(),
+                ));
+            }
+            let want = case.golden.f32(&format!("{}.logits", seq.id));
+            let what = format!("{} {} int8 head", case.name, seq.id);
+            let (max, mean) = diff(&got, &want);
+            let absmax = max_abs(&want);
+            tier(&what, &got, &want);
+            eprintln!(
+                "{what}: max|d| {:.4} mean|d| {:.5} of absmax",
+                max / absmax,
+                mean / absmax
+            );
+        }
+    }
+}
+
 /// Each decoder layer fed the reference's own input reproduces the reference's output.
 #[test]
 fn each_layer_teacher_forced_matches_the_reference() {
