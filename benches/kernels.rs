@@ -2,7 +2,7 @@
 //! weight shapes of the 700M dummy, BitNet b1.58 2B4T and Llama3-8B, for 1 and 2 threads and
 //! every instruction set this CPU has and both kernel families (I2_S and `lut-*`), next to
 //! Burn's own f32 matmul on Flex; then a decode
-//! sweep over a 3B-sized stack of layers (~0.8 GB of packed weights, far beyond any cache) and
+//! sweep over the 700M and 3B stacks of layers (0.17 and 0.81 GB of packed weights) and
 //! the 3B layout's LM head in F16 and int8.
 //!
 //! `cargo bench --bench kernels` (all), `cargo bench --bench kernels -- sweep` (the sweep only).
@@ -140,56 +140,48 @@ fn kernels(c: &mut Criterion) {
     }
 }
 
-/// GEMV over every BitLinear of the 3B dummy layout (hidden 3200, FFN 8640, 26 layers).
+/// GEMV over every BitLinear of the 700M and 3B dummy layouts (hidden, FFN, layers: 1536,
+/// 4096, 24 and 3200, 8640, 26), one matrix after the other as decode reads them: 0.17 and
+/// 0.81 GB of packed weights, far beyond any cache.
 fn decode_sweep(c: &mut Criterion) {
-    let (hidden, ffn, layers) = (3200, 8640, 26);
-    let per_layer = [
-        (hidden, hidden),
-        (hidden, hidden),
-        (hidden, hidden),
-        (hidden, hidden),
-        (ffn, hidden),
-        (ffn, hidden),
-        (hidden, ffn),
-    ];
-    let stack: Vec<I2sWeights> = (0..layers)
-        .flat_map(|l| {
-            per_layer
-                .iter()
-                .enumerate()
-                .map(move |(i, &(n, k))| (l * 16 + i, n, k))
-        })
-        .map(|(seed, n, k)| random_weights(n, k, seed as u64))
-        .collect();
-    let bytes: usize = stack.iter().map(|w| w.codes().len()).sum();
-    let inputs: Vec<QuantizedActivations> = [hidden, ffn]
-        .iter()
-        .map(|&k| random_activations(1, k, k.div_ceil(128) * 128, 3))
-        .collect();
     let mut group = c.benchmark_group("sweep");
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(8));
-    group.throughput(Throughput::Bytes(bytes as u64));
-    println!(
-        "decode sweep: {} matrices, {:.3} GB of packed weights",
-        stack.len(),
-        bytes as f64 / 1e9
-    );
-    for threads in THREADS {
-        let pool = pool(threads);
-        for isa in Isa::supported().into_iter().filter(|&i| i != Isa::Scalar) {
-            group.bench_function(
-                BenchmarkId::new(format!("{isa}/t{threads}"), "3B layers"),
-                |b| {
+    for (name, hidden, ffn, layers) in [("700M", 1536, 4096, 24), ("3B", 3200, 8640, 26)] {
+        let per_layer = [
+            (hidden, hidden),
+            (hidden, hidden),
+            (hidden, hidden),
+            (hidden, hidden),
+            (ffn, hidden),
+            (ffn, hidden),
+            (hidden, ffn),
+        ];
+        let stack: Vec<I2sWeights> = (0..layers)
+            .flat_map(|l| {
+                per_layer
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, &(n, k))| (l * 16 + i, n, k))
+            })
+            .map(|(seed, n, k)| random_weights(n, k, seed as u64))
+            .collect();
+        let bytes: usize = stack.iter().map(|w| w.codes().len()).sum();
+        let inputs: Vec<QuantizedActivations> = [hidden, ffn]
+            .iter()
+            .map(|&k| random_activations(1, k, k.div_ceil(128) * 128, 3))
+            .collect();
+        group.throughput(Throughput::Bytes(bytes as u64));
+        for threads in THREADS {
+            let pool = pool(threads);
+            for isa in Isa::supported().into_iter().filter(|&i| i != Isa::Scalar) {
+                let id = BenchmarkId::new(format!("{isa}/t{threads}"), format!("{name} layers"));
+                group.bench_function(id, |b| {
                     b.iter(|| {
                         pool.install(|| {
                             for w in &stack {
-                                let x = if w.layout().k == hidden {
-                                    &inputs[0]
-                                } else {
-                                    &inputs[1]
-                                };
+                                let x = &inputs[usize::from(w.layout().k != hidden)];
                                 black_box(
                                     ternary_linear_quantized(isa, w.view(), x)
                                         .expect("valid shapes"),
@@ -197,8 +189,8 @@ fn decode_sweep(c: &mut Criterion) {
                             }
                         })
                     })
-                },
-            );
+                });
+            }
         }
     }
     group.finish();

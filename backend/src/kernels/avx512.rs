@@ -18,9 +18,19 @@ pub(super) struct Avx512Vnni;
 
 /// Rows per tile: with one token, four independent accumulator chains hide `vpdpbusd`'s latency.
 const ROWS: usize = 4;
-/// How many tiles ahead rows are prefetched (into L2): two measured best on the 3B layers
-/// (21 GiB/s on one core, the bandwidth STREAM gets; one tile: 14, four: 20).
+/// How far ahead of the rows being read the next rows are prefetched (into L2): two tiles,
+/// and at least [`MIN_PREFETCH_BYTES`]. Two tiles measured best on the 3B layers (21 GiB/s on
+/// one core, the bandwidth STREAM gets; one tile: 14, four: 20).
 const TILES_AHEAD: usize = 2;
+/// Two tiles of the 700M layout's short rows (384 bytes at K = 1536) are only 3 KiB, too
+/// little to hide DRAM latency: at least 8 KiB took its decode sweep from 15-16 to 18-21 GiB/s
+/// on one core and 25-26 to 28-29 on two (16 KiB: no better at two threads).
+const MIN_PREFETCH_BYTES: usize = 8192;
+
+/// The prefetch distance in bytes for tiles of `tile_bytes` packed bytes.
+fn prefetch_distance(tile_bytes: usize) -> usize {
+    (TILES_AHEAD * tile_bytes).max(MIN_PREFETCH_BYTES)
+}
 /// Tokens per tile when there are several: 4 x 4 accumulators fit the register file with the
 /// 8 unpacked code vectors.
 const TOKENS: usize = 4;
@@ -104,7 +114,7 @@ impl Tile<'_> {
         let tokens = std::array::from_fn(|j| &self.q[(self.t + j) * kp..(self.t + j + 1) * kp]);
         // The following tiles' rows follow these in memory: prefetch a few tiles ahead.
         // SAFETY: forwarded from the caller; every slice is one whole row or token.
-        let sums = unsafe { packed_tile::<R, T>(rows, tokens, TILES_AHEAD * R * rb) };
+        let sums = unsafe { packed_tile::<R, T>(rows, tokens, prefetch_distance(R * rb)) };
         store(&sums, (self.r, self.t), self.layout, out);
     }
 }
