@@ -21,6 +21,8 @@ pub mod norm;
 pub mod quant;
 pub mod rope;
 pub mod select;
+#[cfg(test)]
+mod test_support;
 mod vectorize;
 
 pub use error::{Result, TernaryError};

@@ -192,18 +192,7 @@ fn reduce_lanes(s: [f32; LANES]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
-            })
-            .collect()
-    }
+    use crate::test_support::{assert_every_path_gives, random};
 
     #[test]
     fn every_path_gives_the_same_bits_on_awkward_shapes() {
@@ -217,8 +206,8 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let values = random(rows * cols, case as u64);
-            let x = random(m * cols, 100 + case as u64);
+            let values = random(rows * cols, case as u64, 0.1);
+            let x = random(m * cols, 100 + case as u64, 0.1);
             let as_f16: Vec<f32> = values.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
             // Beyond F16's range, so only BF16 holds them exactly.
             const BIG: f32 = 1048576.0;
@@ -241,14 +230,8 @@ mod tests {
                         );
                     }
                 }
-                for isa in Isa::supported() {
-                    let got = matrix.matvec(isa, &x).unwrap();
-                    let same = got
-                        .iter()
-                        .zip(&want)
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{name} {rows}x{cols} m={m} on {isa}");
-                }
+                let what = format!("{name} {rows}x{cols} m={m}");
+                assert_every_path_gives(&want, &what, |isa| matrix.matvec(isa, &x).unwrap());
             }
         }
     }

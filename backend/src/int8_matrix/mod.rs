@@ -175,18 +175,7 @@ impl FloatLoop for RowDots<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::test_support::{assert_every_path_gives, random};
 
     #[test]
     fn every_path_gives_the_same_bits_and_the_exact_integer_sums() {
@@ -199,13 +188,13 @@ mod tests {
             (17, 1031, 2),
         ];
         for (case, (rows, cols, m)) in shapes.into_iter().enumerate() {
-            let mut values = random(rows * cols, case as u64);
+            let mut values = random(rows * cols, case as u64, 0.5);
             // A zero row, and a row whose largest magnitude is negative.
             values[..cols].fill(0.0);
             if rows > 1 {
                 values[cols] = -3.0;
             }
-            let x = random(m * cols, 100 + case as u64);
+            let x = random(m * cols, 100 + case as u64, 0.5);
             let matrix = Int8Matrix::quantize(&values, rows, cols).unwrap();
             let want = matrix.matvec(Isa::Scalar, &x).unwrap();
             let mut q = vec![0i8; cols];
@@ -222,14 +211,8 @@ mod tests {
                 }
             }
             assert!(want[..m.min(1)].iter().all(|&y| y == 0.0), "zero row");
-            for isa in Isa::supported() {
-                let got = matrix.matvec(isa, &x).unwrap();
-                let same = got
-                    .iter()
-                    .zip(&want)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{rows}x{cols} m={m} on {isa}");
-            }
+            let what = format!("{rows}x{cols} m={m}");
+            assert_every_path_gives(&want, &what, |isa| matrix.matvec(isa, &x).unwrap());
         }
     }
 
