@@ -240,16 +240,19 @@ impl Isa {
     }
 }
 
-/// Exact accumulators `acc[t][r] = sum_c q[t][c] * w[r][c]`, row-major `[m, n]`.
+/// Exact accumulators `acc[t][r] = sum_c q[t][c] * w[r][c]`, row-major `[m, n]`, on the calling
+/// thread with the sums stored by token, as a prefill band stores them.
 pub fn ternary_matmul_i32(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Result<Vec<i32>> {
-    let mut raw = Vec::new();
-    raw_dots(isa, &[w], x, &mut raw)?;
+    isa.check_supported()?;
+    check_activations(&w.layout, x)?;
     let (m, n) = (x.m, w.layout.n);
     let mut acc = vec![0i32; m * n];
-    for (t, row) in acc.chunks_exact_mut(n).enumerate() {
-        for (r, a) in row.iter_mut().enumerate() {
-            *a = raw[r * m + t] - x.sums[t];
-        }
+    if m > 0 {
+        let rb = w.layout.row_bytes();
+        dots(isa, w.codes, rb, &x.q, m, SumLayout::by_token(n), &mut acc);
+    }
+    for (row, offset) in acc.chunks_exact_mut(n).zip(&x.sums) {
+        row.iter_mut().for_each(|a| *a -= offset);
     }
     Ok(acc)
 }
