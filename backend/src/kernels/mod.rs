@@ -21,6 +21,8 @@ pub(crate) mod avx2;
 pub(crate) mod avx512;
 mod finish;
 mod scalar;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use finish::finish_linear;
 use finish::finish_tokens;

@@ -1,0 +1,40 @@
+//! The two ways sums are stored agree exactly on every path: by row (rows split across the pool,
+//! a few tokens) and by token (the prefill bands, and the AVX-512 row-lane kernel).
+
+use super::*;
+use crate::i2s::{I2sWeights, ScaleConvention};
+use crate::test_support::random;
+
+#[test]
+fn rows_split_across_tasks_give_the_sums_stored_by_token() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for (seed, (m, n, k)) in [(2, 33, 300), (5, 100, 129), (17, 48, 1000), (31, 16, 4096)]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = seed as u64;
+        let ternary: Vec<i8> = random(n * k, seed, 1.5)
+            .iter()
+            .map(|v| v.round().clamp(-1.0, 1.0) as i8)
+            .collect();
+        let w = I2sWeights::from_ternary(&ternary, n, k, 0.5, ScaleConvention::Multiply).unwrap();
+        let layout = w.layout();
+        let x = random(m * k, seed + 100, 3.0);
+        let xq = QuantizedActivations::new(&x, m, k, layout.k_padded(), layout.activation);
+        let want = ternary_matmul_i32(Isa::Scalar, w.view(), &xq).unwrap();
+        for isa in Isa::supported() {
+            let mut by_row = Vec::new();
+            pool.install(|| raw_dots(isa, &[w.view()], &xq, &mut by_row))
+                .unwrap();
+            let by_row: Vec<i32> = (0..m * n)
+                .map(|i| by_row[(i % n) * m + i / n] - xq.sums[i / n])
+                .collect();
+            assert_eq!(by_row, want, "{isa}, by row, m={m} n={n} k={k}");
+            let by_token = ternary_matmul_i32(isa, w.view(), &xq).unwrap();
+            assert_eq!(by_token, want, "{isa}, by token, m={m} n={n} k={k}");
+        }
+    }
+}
