@@ -121,10 +121,11 @@ fn extreme_activations_cannot_overflow_the_i16_stage() {
 #[test]
 fn float_outputs_are_identical_across_paths() {
     let mut rng = Rng::new(99);
-    let (k, n) = (333, 21);
+    let (k, n) = (333, 37);
     let w = rng.ternaries(n * k);
     // One token (decode finishes outputs inside the kernel's tasks), a few, and a prefill
-    // (banded) on a 2-thread pool.
+    // (one band of 20 tokens per thread on a 2-thread pool: tiles of 16 and 4 tokens, two
+    // groups of 16 rows and 5 rows left over).
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build()

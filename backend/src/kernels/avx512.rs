@@ -306,8 +306,10 @@ fn fold_lanes(a: __m512i, b: __m512i) -> __m512i {
 const LANE_ROWS: usize = 16;
 
 /// Sums of every row in `codes` (a multiple of [`LANE_ROWS`]) for all `m` tokens, token `t`'s
-/// sums stored at `out[t * token_stride..]` in row order. Token tiles outside, rows inside, as
-/// in [`tiles`]; up to sixteen tokens share each transposed block.
+/// sums stored at `out[t * token_stride..]` in row order. Rows outside, token tiles inside: a
+/// group of sixteen rows stays in L1 (or L2) while every tile of up to sixteen tokens uses it,
+/// so the weights stream from memory once however many tokens there are; the tokens'
+/// activations, interleaved once, come from L2 for each group.
 ///
 /// # Safety
 /// As [`TernaryKernel::raw_dots`], with the sums stored by token (`row_stride == 1`).
@@ -323,8 +325,9 @@ unsafe fn lane_tiles(
     thread_local! {
         static INTERLEAVED: Cell<Vec<i32>> = const { Cell::new(Vec::new()) };
     }
-    let kp = 4 * rb;
     let mut steps = INTERLEAVED.take();
+    steps.clear();
+    let mut token_tiles = Vec::new();
     let mut t = 0;
     while t < m {
         let tokens = match m - t {
@@ -333,12 +336,16 @@ unsafe fn lane_tiles(
             4.. => 4,
             _ => 1,
         };
-        interleave(&q[t * kp..(t + tokens) * kp], tokens, &mut steps);
-        for (group, rows) in codes.chunks_exact(LANE_ROWS * rb).enumerate() {
+        interleave(&q[t * 4 * rb..(t + tokens) * 4 * rb], tokens, &mut steps);
+        token_tiles.push((t, tokens));
+        t += tokens;
+    }
+    for (group, rows) in codes.chunks_exact(LANE_ROWS * rb).enumerate() {
+        for &(t, tokens) in &token_tiles {
             let tile = LaneTile {
                 rows,
                 rb,
-                steps: &steps,
+                steps: &steps[t * rb..(t + tokens) * rb],
                 out: &mut out[t * token_stride + group * LANE_ROWS..],
                 token_stride,
             };
@@ -353,18 +360,19 @@ unsafe fn lane_tiles(
                 }
             }
         }
-        t += tokens;
     }
     INTERLEAVED.set(steps);
 }
 
 /// The activations of `tokens` tokens (`q`, one after another) regrouped by step of four
-/// columns: `steps[s * tokens + t]` holds token `t`'s columns `4s..4s + 4`. The tokens' dwords
+/// columns and appended to `steps`: its new part's `[s * tokens + t]` holds token `t`'s columns
+/// `4s..4s + 4`. The tokens' dwords
 /// for one step then share a cache line; read in place, sixteen tokens whose rows are a
 /// multiple of 4 KiB apart fall in one L1 set and evict each other (K = 4096 ran at half speed).
 fn interleave(q: &[i8], tokens: usize, steps: &mut Vec<i32>) {
-    steps.clear();
-    steps.resize(q.len() / 4, 0);
+    let start = steps.len();
+    steps.resize(start + q.len() / 4, 0);
+    let steps = &mut steps[start..];
     for (t, token) in q.chunks_exact(q.len() / tokens).enumerate() {
         for (s, x) in token.chunks_exact(4).enumerate() {
             steps[s * tokens + t] =

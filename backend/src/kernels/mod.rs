@@ -43,8 +43,8 @@ const ROW_TILE: usize = 2;
 const TOKEN_TILE: usize = 4;
 /// Every rayon task gets a multiple of this many rows, so no kernel's row tile is split.
 const TASK_ROWS: usize = 4;
-/// Tokens per rayon task in prefill, both computing sums and turning them into outputs; 16 i32
-/// share a cache line of sums.
+/// Tokens per rayon task when finishing sums stored by row (16 i32 share a cache line of sums),
+/// and the fewest tokens per thread for which prefill is split into bands of tokens.
 const BAND_TOKENS: usize = 16;
 /// Rows per block when turning a band's sums into outputs: the sums stay in L1 while every
 /// token of the band uses them.
@@ -349,23 +349,25 @@ fn gemv_group(isa: Isa, ws: &[I2sView<'_>], x: &QuantizedActivations) -> Vec<Vec
 }
 
 /// Prefill: each rayon task runs every row for its own band of tokens and turns the sums into
-/// outputs while they are still in cache. Splitting rows instead would leave megabytes of sums
-/// to read back (and fault in) afterwards; rereading the layer's weights once per band costs
-/// little, as they stay in L2/L3 and each is used for a whole band.
+/// outputs. Splitting rows instead would leave megabytes of sums to read back (and fault in)
+/// afterwards; with one band per thread, each thread reads the layer's weights once.
 fn banded_linear(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Vec<f32> {
     thread_local! {
         static BAND_RAW: Cell<Vec<i32>> = const { Cell::new(Vec::new()) };
     }
     let (n, rb) = (w.layout.n, w.layout.row_bytes());
     let kp = rb * 4;
+    // One band per thread: each band streams the layer's weights from memory once (a 3B
+    // layer's matrices do not fit in L2), so bands of 16 tokens read them 8 times in pp128.
+    let band_tokens = x.m.div_ceil(rayon::current_num_threads());
     // Not zeroed first: every value is written once below, and zeroing megabytes per layer on
     // the calling thread was a twentieth of a 2-thread prefill.
     let mut y = Vec::with_capacity(x.m * n);
     y.spare_capacity_mut()[..x.m * n]
-        .par_chunks_mut(BAND_TOKENS * n)
+        .par_chunks_mut(band_tokens * n)
         .enumerate()
         .for_each(|(band, y)| {
-            let (t0, tokens) = (band * BAND_TOKENS, y.len() / n);
+            let (t0, tokens) = (band * band_tokens, y.len() / n);
             let mut raw = BAND_RAW.take();
             raw.resize(n * tokens, 0);
             let q = &x.q[t0 * kp..(t0 + tokens) * kp];
