@@ -20,6 +20,7 @@ pub mod lut;
 pub mod norm;
 pub mod quant;
 pub mod rope;
+pub mod rows;
 pub mod select;
 #[cfg(test)]
 mod test_support;

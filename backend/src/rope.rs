@@ -5,6 +5,7 @@
 
 use rayon::prelude::*;
 
+use crate::rows::Rows;
 use crate::vectorize::{FloatLoop, vectorized};
 
 /// Values per rayon task; a tensor of at most this many runs on the calling thread (decode).
@@ -14,47 +15,48 @@ const TASK_VALUES: usize = 16_384;
 /// `cos` and `sin` (`[len, dim]`): row `r` of `x` is at position `r % len`, as in a
 /// `[batch, heads, len, dim]` tensor. `rotate_half(x) = [-x[half..], x[..half]]`; the products
 /// and the sum are in the order of Burn's ops for the same formula, so the bits are theirs.
+/// The rows are read where they lie (a `[batch, len, heads, dim]` projection viewed with its
+/// axes swapped is not copied first); the output is contiguous.
 ///
 /// # Panics
-/// If `dim` is odd or zero, or the lengths do not fit together: callers check shapes first.
-pub fn rotate_half(x: &[f32], cos: &[f32], sin: &[f32], dim: usize) -> Vec<f32> {
+/// If `dim` (the rows' width) is odd or zero, or the lengths do not fit together: callers
+/// check shapes first.
+pub fn rotate_half(x: &Rows<'_>, cos: &[f32], sin: &[f32]) -> Vec<f32> {
+    let dim = x.width();
     assert!(dim > 0 && dim.is_multiple_of(2), "dim must be even");
     assert!(cos.len() == sin.len() && !cos.is_empty() && cos.len().is_multiple_of(dim));
     let len = cos.len() / dim;
     assert!(
-        x.len().is_multiple_of(len * dim),
+        x.count().is_multiple_of(len),
         "x must hold whole groups of positions"
     );
-    let rotate_rows = |(first_row, (y, x)): (usize, (&mut [f32], &[f32]))| {
+    let rotate_rows = |(first_row, y): (usize, &mut [f32])| {
         vectorized(RotateRows {
             y,
             x,
             cos,
             sin,
-            dim,
             first_row,
         })
     };
-    let mut y = vec![0f32; x.len()];
-    if x.len() <= TASK_VALUES {
-        rotate_rows((0, (&mut y, x)));
+    let mut y = vec![0f32; x.count() * dim];
+    if y.len() <= TASK_VALUES {
+        rotate_rows((0, &mut y));
     } else {
         let rows = TASK_VALUES.div_ceil(dim);
         y.par_chunks_mut(rows * dim)
-            .zip(x.par_chunks(rows * dim))
             .enumerate()
-            .for_each(|(task, pair)| rotate_rows((task * rows, pair)));
+            .for_each(|(task, y)| rotate_rows((task * rows, y)));
     }
     y
 }
 
-/// Rotates whole rows of `x` into `y`, the first at row `first_row` of the tensor.
+/// Rotates rows `first_row..` of `x` into `y`, one row of `y` each.
 struct RotateRows<'a> {
     y: &'a mut [f32],
-    x: &'a [f32],
+    x: &'a Rows<'a>,
     cos: &'a [f32],
     sin: &'a [f32],
-    dim: usize,
     first_row: usize,
 }
 
@@ -63,11 +65,11 @@ impl FloatLoop for RotateRows<'_> {
 
     #[inline(always)]
     fn run(self) {
-        let (dim, half) = (self.dim, self.dim / 2);
-        let len = self.cos.len() / dim;
-        let rows = self.y.chunks_exact_mut(dim).zip(self.x.chunks_exact(dim));
-        for (i, (y, x)) in rows.enumerate() {
-            let position = (self.first_row + i) % len;
+        let dim = self.x.width();
+        let (half, len) = (dim / 2, self.cos.len() / dim);
+        for (i, y) in self.y.chunks_exact_mut(dim).enumerate() {
+            let row = self.first_row + i;
+            let (x, position) = (self.x.row(row), row % len);
             let c = &self.cos[position * dim..][..dim];
             let s = &self.sin[position * dim..][..dim];
             let (x1, x2) = x.split_at(half);
@@ -95,14 +97,15 @@ mod tests {
             .map(|i| (i % 29) as f32 * 0.3 - 4.0)
             .collect();
         let run = |isa| {
-            let mut y = vec![0f32; x.len()];
-            let (x, cos, sin) = (&x[..], &cos[..], &sin[..]);
+            // Rows 1.. of x: the first row's position is 1.
+            let mut y = vec![0f32; x.len() - dim];
+            let x = Rows::contiguous(&x[..], dim);
+            let (cos, sin) = (&cos[..], &sin[..]);
             let rows = RotateRows {
                 y: &mut y,
-                x,
+                x: &x,
                 cos,
                 sin,
-                dim,
                 first_row: 1,
             };
             vectorized_on(isa, rows);
@@ -115,17 +118,22 @@ mod tests {
     }
 
     #[test]
-    fn rows_rotate_by_their_position_on_one_thread_and_on_the_pool() {
-        let (dim, len, groups) = (8, 5, 600);
+    fn rows_of_a_swapped_view_rotate_by_their_position_on_one_thread_and_on_the_pool() {
+        // Stored `[batch, len, heads, dim]` (a projection's output), read as the view with
+        // the middle axes swapped, `[batch, heads, len, dim]`.
+        let (batch, len, heads, dim) = (3, 5, 150, 8);
         let cos: Vec<f32> = (0..len * dim).map(|i| (i as f32 * 0.1).cos()).collect();
         let sin: Vec<f32> = (0..len * dim).map(|i| (i as f32 * 0.1).sin()).collect();
-        let x: Vec<f32> = (0..groups * len * dim)
+        let stored: Vec<f32> = (0..batch * len * heads * dim)
             .map(|i| (i % 13) as f32 - 6.0)
             .collect();
-        let y = rotate_half(&x, &cos, &sin, dim);
-        assert!(x.len() > TASK_VALUES, "the test covers the parallel path");
-        for (r, (y, x)) in y.chunks(dim).zip(x.chunks(dim)).enumerate() {
-            let p = r % len;
+        let strides = vec![len * heads * dim, dim, heads * dim];
+        let view = Rows::strided(&stored[..], 0, vec![batch, heads, len], strides, dim).unwrap();
+        let y = rotate_half(&view, &cos, &sin);
+        assert!(y.len() > TASK_VALUES, "the test covers the parallel path");
+        for (r, y) in y.chunks(dim).enumerate() {
+            let (b, h, p) = (r / (heads * len), r / len % heads, r % len);
+            let x = &stored[((b * len + p) * heads + h) * dim..][..dim];
             for i in 0..dim {
                 let rotated = if i < dim / 2 {
                     -x[i + dim / 2]

@@ -320,6 +320,34 @@ fn burn_rope(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>) -> Tensor<4> {
 }
 
 #[test]
+fn rotary_embedding_reads_swapped_and_sliced_views_like_burns_ops() {
+    // A projection's output `[batch, len, heads, dim]` viewed as `[batch, heads, len, dim]`
+    // (as attention does), then a slice of its heads (a view that starts past the buffer's
+    // start), and a flipped one (a negative stride, which is copied first).
+    let (stored, len, dim) = ([2, 40, 6, 32], 40, 32);
+    let mut rng = Rng::new(37);
+    let x = rng.floats(stored.iter().product());
+    let (cos, sin) = (rng.floats(len * dim), rng.floats(len * dim));
+    for (name, device) in devices() {
+        let table =
+            |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [len, dim]), &device);
+        let swapped =
+            Tensor::<4>::from_data(TensorData::new(x.clone(), stored), &device).swap_dims(1, 2);
+        let views = [
+            swapped.clone(),
+            swapped.clone().slice([0..2, 1..5, 0..40, 0..32]),
+            swapped.flip([1]),
+        ];
+        for (i, view) in views.into_iter().enumerate() {
+            let got = rotary_embedding(view.clone(), &table(&cos), &table(&sin)).unwrap();
+            let want = burn_rope(view, table(&cos), table(&sin));
+            got.into_data().assert_eq(&want.into_data(), true);
+            println!("{name}: view {i} agrees");
+        }
+    }
+}
+
+#[test]
 fn rotary_embedding_equals_burns_ops_with_their_gradients() {
     let (shape, len, dim) = ([2, 6, 40, 32], 40, 32);
     let mut rng = Rng::new(31);

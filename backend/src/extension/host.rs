@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use burn::backend::flex::FlexTensor;
 use burn::backend::ndarray::NdArrayTensor;
 use burn::backend::{Flex, NdArray, TensorMetadata};
-use burn::tensor::{Shape, TensorData};
+use burn::tensor::{DType, Shape, TensorData};
 
 use super::TernaryOps;
 use crate::attention::{self, AttentionShape};
@@ -16,6 +16,7 @@ use crate::glu::FfnActivation;
 use crate::i2s::{I2sView, PackedFormat, TernaryLayout};
 use crate::kernels::{Isa, ternary_linear_group as host_linear_group};
 use crate::lut::{LutView, lut_linear};
+use crate::rows::Rows;
 use crate::{norm, rope};
 
 /// `N` ternary layers applied to `x` (`[.., k]`): validated by [`super::TernaryWeight`] and
@@ -90,6 +91,11 @@ trait HostTensor: TensorMetadata + Sized {
     fn f32s(&self) -> Cow<'_, [f32]>;
     /// The values as u8 (packed weights), in place when the tensor is contiguous.
     fn u8s(&self) -> Cow<'_, [u8]>;
+    /// The f32 values as rows along the last axis, in row-major order of the other axes;
+    /// in place where the backend can say where each row lies, else copied.
+    fn f32_rows(&self) -> Rows<'_> {
+        contiguous_rows(self)
+    }
     /// A tensor holding `data`.
     fn from_host(data: TensorData) -> Self;
 }
@@ -101,6 +107,12 @@ impl HostTensor for FlexTensor {
 
     fn u8s(&self) -> Cow<'_, [u8]> {
         flex_slice(self)
+    }
+
+    /// A view with swapped axes (whose rows stay contiguous) is read in place: copying it
+    /// first cost two passes over each layer's queries and keys in prefill.
+    fn f32_rows(&self) -> Rows<'_> {
+        flex_rows(self).unwrap_or_else(|| contiguous_rows(self))
     }
 
     fn from_host(data: TensorData) -> Self {
@@ -118,6 +130,42 @@ fn flex_slice<E: burn::tensor::Element + bytemuck::Pod>(t: &FlexTensor) -> Cow<'
             .to_vec()
             .into(),
     }
+}
+
+/// The rows of `t` copied one after another (in place if it is contiguous).
+fn contiguous_rows<T: HostTensor>(t: &T) -> Rows<'_> {
+    let shape = t.shape();
+    let width = shape
+        .num_dims()
+        .checked_sub(1)
+        .map_or(1, |last| shape[last]);
+    Rows::contiguous(t.f32s(), width)
+}
+
+/// The rows of an f32 Flex tensor where they lie, if its last axis is contiguous and no stride
+/// is negative (a flip).
+fn flex_rows(t: &FlexTensor) -> Option<Rows<'_>> {
+    let layout = t.layout();
+    let (shape, strides) = (layout.shape(), layout.strides());
+    let (&1, outer) = strides.split_last()? else {
+        return None;
+    };
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let outer = outer
+        .iter()
+        .map(|&s| s.try_into().ok())
+        .collect::<Option<Vec<usize>>>()?;
+    let extents = shape[..outer.len()].to_vec();
+    let width = shape[outer.len()];
+    Rows::strided(
+        t.storage::<f32>(),
+        layout.start_offset(),
+        extents,
+        outer,
+        width,
+    )
 }
 
 impl HostTensor for NdArrayTensor {
@@ -199,10 +247,8 @@ macro_rules! host_ternary_ops {
             }
 
             fn rotary_embedding(x: $tensor, cos: $tensor, sin: $tensor) -> $tensor {
-                let shape = x.shape();
-                let dim = shape[shape.num_dims() - 1];
-                let y = rope::rotate_half(&x.f32s(), &cos.f32s(), &sin.f32s(), dim);
-                <$tensor>::from_host(TensorData::new(y, shape))
+                let y = rope::rotate_half(&x.f32_rows(), &cos.f32s(), &sin.f32s());
+                <$tensor>::from_host(TensorData::new(y, x.shape()))
             }
 
             fn cached_attention(
