@@ -366,17 +366,19 @@ unsafe fn lane_tiles(
 
 /// The activations of `tokens` tokens (`q`, one after another) regrouped by step of four
 /// columns and appended to `steps`: its new part's `[s * tokens + t]` holds token `t`'s columns
-/// `4s..4s + 4`. The tokens' dwords for one step then share a cache line; read in place,
-/// sixteen tokens whose rows are a multiple of 4 KiB apart fall in one L1 set and evict each
-/// other (K = 4096 ran at half speed). Appended in order, so nothing is zeroed first.
+/// `4s..4s + 4`. The tokens' dwords
+/// for one step then share a cache line; read in place, sixteen tokens whose rows are a
+/// multiple of 4 KiB apart fall in one L1 set and evict each other (K = 4096 ran at half speed).
 fn interleave(q: &[i8], tokens: usize, steps: &mut Vec<i32>) {
-    let kp = q.len() / tokens;
-    steps.extend((0..kp / 4).flat_map(|s| {
-        (0..tokens).map(move |t| {
-            let x = &q[t * kp + 4 * s..][..4];
-            i32::from_ne_bytes([x[0] as u8, x[1] as u8, x[2] as u8, x[3] as u8])
-        })
-    }));
+    let start = steps.len();
+    steps.resize(start + q.len() / 4, 0);
+    let steps = &mut steps[start..];
+    for (t, token) in q.chunks_exact(q.len() / tokens).enumerate() {
+        for (s, x) in token.chunks_exact(4).enumerate() {
+            steps[s * tokens + t] =
+                i32::from_ne_bytes([x[0] as u8, x[1] as u8, x[2] as u8, x[3] as u8]);
+        }
+    }
 }
 
 /// Sixteen rows against `T` tokens' interleaved activations, sums stored from `out[0]` by token.
