@@ -67,9 +67,12 @@ impl FloatLoop for RotateRows<'_> {
     fn run(self) {
         let dim = self.x.width();
         let (half, len) = (dim / 2, self.cos.len() / dim);
-        for (i, y) in self.y.chunks_exact_mut(dim).enumerate() {
-            let row = self.first_row + i;
-            let (x, position) = (self.x.row(row), row % len);
+        let rows = self
+            .y
+            .chunks_exact_mut(dim)
+            .zip(self.x.from_row(self.first_row));
+        for (i, (y, x)) in rows.enumerate() {
+            let position = (self.first_row + i) % len;
             let c = &self.cos[position * dim..][..dim];
             let s = &self.sin[position * dim..][..dim];
             let (x1, x2) = x.split_at(half);

@@ -71,19 +71,59 @@ impl<'a> Rows<'a> {
         self.width
     }
 
-    /// Row `r` (in row-major order of the extents).
-    ///
-    /// # Panics
-    /// If `r >= self.count()`.
-    #[inline]
-    pub fn row(&self, r: usize) -> &[f32] {
-        assert!(r < self.count(), "row {r} of {}", self.count());
-        let (mut offset, mut rest) = (self.start, r);
-        for (&extent, &stride) in self.extents.iter().zip(&self.strides).rev() {
-            offset += rest % extent * stride;
-            rest /= extent;
+    /// The rows from row `first` on (in row-major order of the extents), each found from the
+    /// last by adding a stride (no division per row).
+    pub fn from_row(&self, first: usize) -> RowIter<'_> {
+        let (mut index, mut offset, mut rest) = (vec![0; self.extents.len()], self.start, first);
+        for ((i, &extent), &stride) in index.iter_mut().zip(&self.extents).zip(&self.strides).rev()
+        {
+            *i = rest % extent.max(1);
+            offset += *i * stride;
+            rest /= extent.max(1);
         }
-        &self.data[offset..offset + self.width]
+        RowIter {
+            rows: self,
+            index,
+            offset,
+            left: self.count().saturating_sub(first),
+        }
+    }
+}
+
+/// The rows of a [`Rows`] from one on; see [`Rows::from_row`].
+#[derive(Debug)]
+pub struct RowIter<'r> {
+    rows: &'r Rows<'r>,
+    index: Vec<usize>,
+    offset: usize,
+    left: usize,
+}
+
+impl<'r> Iterator for RowIter<'r> {
+    type Item = &'r [f32];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'r [f32]> {
+        self.left = self.left.checked_sub(1)?;
+        let rows = self.rows;
+        let row = &rows.data[self.offset..self.offset + rows.width];
+        // Odometer step: the last axis moves; an axis that wraps carries into the one before.
+        for ((i, &extent), &stride) in self
+            .index
+            .iter_mut()
+            .zip(&rows.extents)
+            .zip(&rows.strides)
+            .rev()
+        {
+            *i += 1;
+            self.offset += stride;
+            if *i < extent {
+                break;
+            }
+            *i = 0;
+            self.offset -= extent * stride;
+        }
+        Some(row)
     }
 }
 
@@ -97,12 +137,15 @@ mod tests {
         let data: Vec<f32> = (0..24).map(|v| v as f32).collect();
         let rows = Rows::strided(&data[..], 0, vec![3, 2], vec![4, 12], 4).unwrap();
         assert_eq!(rows.count(), 6);
-        let read: Vec<f32> = (0..6).flat_map(|r| rows.row(r).to_vec()).collect();
-        let want: Vec<f32> = [0, 3, 1, 4, 2, 5]
-            .iter()
-            .flat_map(|&r| data[r * 4..r * 4 + 4].to_vec())
-            .collect();
-        assert_eq!(read, want);
+        let order = [0, 3, 1, 4, 2, 5];
+        for first in 0..=6 {
+            let read: Vec<f32> = rows.from_row(first).flatten().copied().collect();
+            let want: Vec<f32> = order[first..]
+                .iter()
+                .flat_map(|&r| data[r * 4..r * 4 + 4].to_vec())
+                .collect();
+            assert_eq!(read, want, "from row {first}");
+        }
     }
 
     #[test]
