@@ -42,33 +42,40 @@ impl FfnActivation {
     /// # Panics
     /// If the slices differ in length: callers check shapes first.
     pub fn apply(self, gate: &[f32], up: &[f32]) -> Vec<f32> {
+        let mut out = gate.to_vec();
+        self.apply_in_place(&mut out, up);
+        out
+    }
+
+    /// `gate[i] = act(gate[i]) * up[i]` for every `i`: a uniquely owned gate tensor is
+    /// overwritten rather than a new buffer of the FFN's width allocated (and its pages
+    /// faulted in) per layer.
+    ///
+    /// # Panics
+    /// If the slices differ in length: callers check shapes first.
+    pub fn apply_in_place(self, gate: &mut [f32], up: &[f32]) {
         assert_eq!(gate.len(), up.len(), "gate and up must have one length");
-        let mut out = vec![0f32; gate.len()];
-        let run = |((out, gate), up): ((&mut [f32], &[f32]), &[f32])| {
+        let run = |(gate, up): (&mut [f32], &[f32])| {
             vectorized(GatedSlice {
                 activation: self,
-                out,
                 gate,
                 up,
             })
         };
         if gate.len() <= CHUNK {
-            run(((&mut out, gate), up));
+            run((gate, up));
         } else {
-            out.par_chunks_mut(CHUNK)
-                .zip(gate.par_chunks(CHUNK))
+            gate.par_chunks_mut(CHUNK)
                 .zip(up.par_chunks(CHUNK))
                 .for_each(run);
         }
-        out
     }
 }
 
-/// `out[i] = act(gate[i]) * up[i]` over one slice.
+/// `gate[i] = act(gate[i]) * up[i]` over one slice.
 struct GatedSlice<'a> {
     activation: FfnActivation,
-    out: &'a mut [f32],
-    gate: &'a [f32],
+    gate: &'a mut [f32],
     up: &'a [f32],
 }
 
@@ -77,8 +84,8 @@ impl FloatLoop for GatedSlice<'_> {
 
     #[inline(always)]
     fn run(self) {
-        for ((o, &g), &u) in self.out.iter_mut().zip(self.gate).zip(self.up) {
-            *o = self.activation.gated(g, u);
+        for (g, &u) in self.gate.iter_mut().zip(self.up) {
+            *g = self.activation.gated(*g, u);
         }
     }
 }
@@ -135,14 +142,13 @@ mod tests {
         let up: Vec<f32> = (0..1037).map(|i| (i % 13) as f32 - 6.25).collect();
         for activation in [FfnActivation::Silu, FfnActivation::Relu2] {
             let run = |isa| {
-                let mut out = vec![0f32; gate.len()];
-                let (gate, up) = (&gate[..], &up[..]);
+                let mut out = gate.clone();
+                let up = &up[..];
                 vectorized_on(
                     isa,
                     GatedSlice {
                         activation,
-                        out: &mut out,
-                        gate,
+                        gate: &mut out,
                         up,
                     },
                 );

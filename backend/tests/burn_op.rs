@@ -197,6 +197,26 @@ fn burn_gated(gate: Tensor<2>, up: Tensor<2>, activation: FfnActivation) -> Tens
 }
 
 #[test]
+fn gated_activation_overwrites_only_a_gate_nothing_else_holds() {
+    // A gate tensor owned by the call is overwritten in place; one the caller still holds (a
+    // clone shares the buffer) must keep its values, and both give the same bits.
+    let shape = [2, 20_000];
+    let mut rng = Rng::new(19);
+    let (gate, up) = (rng.floats(40_000), rng.floats(40_000));
+    for (name, device) in devices() {
+        let tensor =
+            |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), shape), &device);
+        let owned = gated_activation(tensor(&gate), tensor(&up), FfnActivation::Silu).unwrap();
+        let held = tensor(&gate);
+        let shared = gated_activation(held.clone(), tensor(&up), FfnActivation::Silu).unwrap();
+        owned.into_data().assert_eq(&shared.into_data(), true);
+        held.into_data()
+            .assert_eq(&TensorData::new(gate.clone(), shape), true);
+        println!("{name}: in place and copied agree; the held gate is intact");
+    }
+}
+
+#[test]
 fn gated_activation_is_close_to_burns_ops_with_their_gradients() {
     let shape = [3, 5000];
     let mut rng = Rng::new(17);

@@ -91,6 +91,11 @@ trait HostTensor: TensorMetadata + Sized {
     fn f32s(&self) -> Cow<'_, [f32]>;
     /// The values as u8 (packed weights), in place when the tensor is contiguous.
     fn u8s(&self) -> Cow<'_, [u8]>;
+    /// The f32 values to overwrite in place, if the tensor is contiguous and nothing else
+    /// holds its buffer.
+    fn f32s_mut(&mut self) -> Option<&mut [f32]> {
+        None
+    }
     /// The f32 values as rows along the last axis, in row-major order of the other axes;
     /// in place where the backend can say where each row lies, else copied.
     fn f32_rows(&self) -> Rows<'_> {
@@ -107,6 +112,14 @@ impl HostTensor for FlexTensor {
 
     fn u8s(&self) -> Cow<'_, [u8]> {
         flex_slice(self)
+    }
+
+    fn f32s_mut(&mut self) -> Option<&mut [f32]> {
+        let (start, end) = self.layout().contiguous_offsets()?;
+        if self.dtype() != DType::F32 {
+            return None;
+        }
+        Some(&mut self.try_storage_mut::<f32>()?[start..end])
     }
 
     /// A view with swapped axes (whose rows stay contiguous) is read in place: copying it
@@ -236,7 +249,15 @@ macro_rules! host_ternary_ops {
                 (a, b, c)
             }
 
-            fn gated_activation(gate: $tensor, up: $tensor, activation: FfnActivation) -> $tensor {
+            fn gated_activation(
+                mut gate: $tensor,
+                up: $tensor,
+                activation: FfnActivation,
+            ) -> $tensor {
+                if let Some(values) = gate.f32s_mut() {
+                    activation.apply_in_place(values, &up.f32s());
+                    return gate;
+                }
                 let y = activation.apply(&gate.f32s(), &up.f32s());
                 <$tensor>::from_host(TensorData::new(y, gate.shape()))
             }
