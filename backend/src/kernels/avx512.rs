@@ -366,9 +366,9 @@ unsafe fn lane_tiles(
 
 /// The activations of `tokens` tokens (`q`, one after another) regrouped by step of four
 /// columns and appended to `steps`: its new part's `[s * tokens + t]` holds token `t`'s columns
-/// `4s..4s + 4`. The tokens' dwords
-/// for one step then share a cache line; read in place, sixteen tokens whose rows are a
-/// multiple of 4 KiB apart fall in one L1 set and evict each other (K = 4096 ran at half speed).
+/// `4s..4s + 4`. The tokens' dwords for one step then share a cache line; read in place,
+/// sixteen tokens whose rows are a multiple of 4 KiB apart fall in one L1 set and evict each
+/// other (K = 4096 ran at half speed).
 fn interleave(q: &[i8], tokens: usize, steps: &mut Vec<i32>) {
     let start = steps.len();
     steps.resize(start + q.len() / 4, 0);
