@@ -327,21 +327,11 @@ unsafe fn lane_tiles(
     }
     let mut steps = INTERLEAVED.take();
     steps.clear();
-    let mut token_tiles = Vec::new();
-    let mut t = 0;
-    while t < m {
-        let tokens = match m - t {
-            16.. => 16,
-            8.. => 8,
-            4.. => 4,
-            _ => 1,
-        };
+    for (t, tokens) in token_tiles(m) {
         interleave(&q[t * 4 * rb..(t + tokens) * 4 * rb], tokens, &mut steps);
-        token_tiles.push((t, tokens));
-        t += tokens;
     }
     for (group, rows) in codes.chunks_exact(LANE_ROWS * rb).enumerate() {
-        for &(t, tokens) in &token_tiles {
+        for (t, tokens) in token_tiles(m) {
             let tile = LaneTile {
                 rows,
                 rb,
@@ -362,6 +352,22 @@ unsafe fn lane_tiles(
         }
     }
     INTERLEAVED.set(steps);
+}
+
+/// `(first token, tokens)` of each tile of `m` tokens: sixteen at a time, then 8, 4 and ones.
+fn token_tiles(m: usize) -> impl Iterator<Item = (usize, usize)> {
+    let mut t = 0;
+    std::iter::from_fn(move || {
+        let tokens = match m.checked_sub(t)? {
+            0 => return None,
+            16.. => 16,
+            8.. => 8,
+            4.. => 4,
+            _ => 1,
+        };
+        t += tokens;
+        Some((t - tokens, tokens))
+    })
 }
 
 /// The activations of `tokens` tokens (`q`, one after another) regrouped by step of four
