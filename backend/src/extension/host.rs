@@ -295,3 +295,49 @@ macro_rules! host_ternary_ops {
 
 host_ternary_ops!(Flex, FlexTensor);
 host_ternary_ops!(NdArray, NdArrayTensor);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flex(values: Vec<f32>, shape: [usize; 3]) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(values, shape))
+    }
+
+    #[test]
+    fn only_a_contiguous_flex_tensor_nothing_else_holds_is_overwritten_in_place() {
+        let values: Vec<f32> = (0..24).map(|v| v as f32).collect();
+        let mut owned = flex(values.clone(), [2, 3, 4]);
+        assert_eq!(owned.f32s_mut().map(|v| v.to_vec()), Some(values.clone()));
+        let held = flex(values.clone(), [2, 3, 4]);
+        let mut shared = held.clone();
+        assert!(shared.f32s_mut().is_none(), "a clone shares the buffer");
+        let mut swapped = flex(values, [2, 3, 4]).transpose(0, 1);
+        assert!(
+            swapped.f32s_mut().is_none(),
+            "a transposed view is not contiguous"
+        );
+    }
+
+    #[test]
+    fn a_swapped_flex_view_is_read_in_place_and_a_flipped_one_is_not() {
+        let values: Vec<f32> = (0..24).map(|v| v as f32).collect();
+        let stored = flex(values.clone(), [2, 3, 4]);
+        let swapped = stored.transpose(0, 1);
+        let rows = swapped.f32_rows();
+        let read: Vec<f32> = rows.from_row(0).flatten().copied().collect();
+        let want: Vec<f32> = [0, 3, 1, 4, 2, 5]
+            .iter()
+            .flat_map(|&r| values[r * 4..r * 4 + 4].to_vec())
+            .collect();
+        assert_eq!(read, want);
+        // Row 1 of the view is stored row 3: read from the tensor's own buffer, not a copy.
+        let row = rows.from_row(1).next().unwrap();
+        assert_eq!(row.as_ptr(), swapped.storage::<f32>()[12..].as_ptr());
+        let flipped = stored.clone().with_layout(stored.layout().flip(&[1]));
+        assert!(
+            flex_rows(&flipped).is_none(),
+            "a negative stride is copied first"
+        );
+    }
+}
