@@ -22,10 +22,13 @@ use burn::tensor::{Device, Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 /// (n, k) of each distinct BitLinear shape: output rows x input columns.
-const SHAPES: [(&str, usize, usize); 9] = [
+const SHAPES: [(&str, usize, usize); 12] = [
     ("700M", 1536, 1536),
     ("700M", 4096, 1536),
     ("700M", 1536, 4096),
+    ("3B", 3200, 3200),
+    ("3B", 8640, 3200),
+    ("3B", 3200, 8640),
     ("2B4T", 2560, 2560),
     ("2B4T", 6912, 2560),
     ("2B4T", 2560, 6912),
