@@ -12,7 +12,9 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use bitnet_backend::kernels::ternary_linear_quantized;
+use bitnet_backend::kernels::{
+    ROOFLINE_PRODUCTS_PER_STEP, ternary_linear_quantized, vpdpbusd_roofline,
+};
 use bitnet_backend::lut::lut_linear_quantized;
 use bitnet_backend::{
     ActivationScale, HalfMatrix, I2sWeights, Int8Matrix, Isa, LutWeights, QuantizedActivations,
@@ -242,5 +244,25 @@ fn head(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, kernels, decode_sweep, head);
+/// The `vpdpbusd` peak of one core (sixteen independent chains on registers), in products per
+/// second like `gemm128`: what the prefill kernel's rate is a fraction of.
+fn roofline(c: &mut Criterion) {
+    const STEPS: usize = 1 << 16;
+    if vpdpbusd_roofline(1).is_none() {
+        return;
+    }
+    let mut group = c.benchmark_group("roofline");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(2));
+    group.throughput(Throughput::Elements(
+        (STEPS * ROOFLINE_PRODUCTS_PER_STEP) as u64,
+    ));
+    group.bench_function("avx512/vpdpbusd", |b| {
+        b.iter(|| vpdpbusd_roofline(black_box(STEPS)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, kernels, decode_sweep, head, roofline);
 criterion_main!(benches);

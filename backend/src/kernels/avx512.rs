@@ -138,6 +138,28 @@ impl Tile<'_> {
     }
 }
 
+/// Sixteen independent chains of `steps` register-only `vpdpbusd` each (64 products per
+/// instruction): the roofline the kernels are measured against, since nothing but the
+/// instruction's own throughput limits it. Returns the sum of the lanes, so it is not elided.
+///
+/// # Safety
+/// The CPU supports AVX-512 VNNI.
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+pub(crate) unsafe fn vpdpbusd_chains(steps: usize, codes: i8, x: i8) -> i32 {
+    let (codes, x) = (_mm512_set1_epi8(codes), _mm512_set1_epi8(x));
+    let mut acc = [_mm512_setzero_si512(); 16];
+    for _ in 0..steps {
+        for acc in &mut acc {
+            *acc = _mm512_dpbusd_epi32(*acc, codes, x);
+        }
+    }
+    let mut total = _mm512_setzero_si512();
+    for acc in acc {
+        total = _mm512_add_epi32(total, acc);
+    }
+    _mm512_reduce_add_epi32(total)
+}
+
 /// Runs a float loop compiled with AVX-512 (see [`crate::vectorize`]).
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
 pub(crate) fn float_loop<L: FloatLoop>(body: L) -> L::Output {

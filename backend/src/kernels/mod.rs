@@ -259,6 +259,22 @@ impl Isa {
     }
 }
 
+/// Products per call of [`vpdpbusd_roofline`]: 16 chains x 64 products per step.
+pub const ROOFLINE_PRODUCTS_PER_STEP: usize = 16 * 64;
+
+/// Runs `steps` x 16 independent register-only `vpdpbusd` (AVX-512 VNNI) and returns a sum of
+/// their lanes, or `None` on a CPU without it: the peak the ternary kernels are measured against
+/// (`cargo bench --bench kernels -- roofline`).
+pub fn vpdpbusd_roofline(steps: usize) -> Option<i32> {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx512Vnni.is_supported() {
+        // SAFETY: checked just before that the CPU has AVX-512 VNNI.
+        return Some(unsafe { avx512::vpdpbusd_chains(steps, 1, 2) });
+    }
+    let _ = steps;
+    None
+}
+
 /// Exact accumulators `acc[t][r] = sum_c q[t][c] * w[r][c]`, row-major `[m, n]`, on the calling
 /// thread with the sums stored by token, as a prefill band stores them.
 pub fn ternary_matmul_i32(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Result<Vec<i32>> {

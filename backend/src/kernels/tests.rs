@@ -1,5 +1,6 @@
 //! The two ways sums are stored agree exactly on every path: by row (rows split across the pool,
-//! a few tokens) and by token (the prefill bands, and the AVX-512 row-lane kernel).
+//! a few tokens) and by token (the prefill bands, and the AVX-512 row-lane kernel); the
+//! roofline loop runs what it claims.
 
 use super::*;
 use crate::i2s::{I2sWeights, ScaleConvention};
@@ -36,5 +37,14 @@ fn rows_split_across_tasks_give_the_sums_stored_by_token() {
             let by_token = ternary_matmul_i32(isa, w.view(), &xq).unwrap();
             assert_eq!(by_token, want, "{isa}, by token, m={m} n={n} k={k}");
         }
+    }
+}
+
+#[test]
+fn the_roofline_loop_runs_every_product() {
+    // 16 chains x 16 lanes x 4 products of 1 x 2 per step; None only without AVX-512 VNNI.
+    match vpdpbusd_roofline(3) {
+        Some(sum) => assert_eq!(sum as usize, 3 * ROOFLINE_PRODUCTS_PER_STEP * 2),
+        None => assert!(!Isa::Avx512Vnni.is_supported()),
     }
 }
