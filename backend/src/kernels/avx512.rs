@@ -352,8 +352,20 @@ unsafe fn lane_tiles(
     for (t, tokens) in token_tiles(m) {
         interleave(&q[t * 4 * rb..(t + tokens) * 4 * rb], tokens, &mut steps);
     }
+    let tiles = token_tiles(m).count();
     for (group, rows) in codes.chunks_exact(LANE_ROWS * rb).enumerate() {
+        // The next group's rows, requested into L2 a share per tile while this group runs: its
+        // sixteen rows are read a block of each at a time, sixteen streams the hardware
+        // prefetcher only partly follows, so the first tile waited on memory.
+        let next = codes
+            .get((group + 1) * LANE_ROWS * rb..)
+            .unwrap_or_default();
+        let share = (LANE_ROWS * rb).div_ceil(tiles * 64) * 64;
+        let mut next = next[..next.len().min(LANE_ROWS * rb)].chunks(share);
         for (t, tokens) in token_tiles(m) {
+            for line in next.next().unwrap_or_default().chunks(64) {
+                _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast());
+            }
             let tile = LaneTile {
                 rows,
                 rb,
