@@ -19,7 +19,7 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::{SumLayout, TernaryKernel, store};
+use super::{ROOFLINE_CHAINS, SumLayout, TernaryKernel, store};
 use crate::i2s::{BLOCK, BLOCK_BYTES};
 use crate::vectorize::FloatLoop;
 
@@ -138,8 +138,8 @@ impl Tile<'_> {
     }
 }
 
-/// Sixteen independent chains of `steps` register-only `vpdpbusd` each (64 products per
-/// instruction): the roofline the kernels are measured against, since nothing but the
+/// [`ROOFLINE_CHAINS`] independent chains of `steps` register-only `vpdpbusd` each (64 products
+/// per instruction): the roofline the kernels are measured against, since nothing but the
 /// instruction's own throughput limits it. Returns the sum of the lanes, so it is not elided.
 ///
 /// # Safety
@@ -147,7 +147,7 @@ impl Tile<'_> {
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
 pub(crate) unsafe fn vpdpbusd_chains(steps: usize, codes: i8, x: i8) -> i32 {
     let (codes, x) = (_mm512_set1_epi8(codes), _mm512_set1_epi8(x));
-    let mut acc = [_mm512_setzero_si512(); 16];
+    let mut acc = [_mm512_setzero_si512(); ROOFLINE_CHAINS];
     for _ in 0..steps {
         for acc in &mut acc {
             *acc = _mm512_dpbusd_epi32(*acc, codes, x);

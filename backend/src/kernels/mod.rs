@@ -259,12 +259,14 @@ impl Isa {
     }
 }
 
-/// Products per call of [`vpdpbusd_roofline`]: 16 chains x 64 products per step.
-pub const ROOFLINE_PRODUCTS_PER_STEP: usize = 16 * 64;
+/// Independent `vpdpbusd` chains in [`vpdpbusd_roofline`]: enough to hide its latency.
+const ROOFLINE_CHAINS: usize = 16;
+/// Products per step of [`vpdpbusd_roofline`]: every chain's 64.
+pub const ROOFLINE_PRODUCTS_PER_STEP: usize = ROOFLINE_CHAINS * 64;
 
-/// Runs `steps` x 16 independent register-only `vpdpbusd` (AVX-512 VNNI) and returns a sum of
-/// their lanes, or `None` on a CPU without it: the peak the ternary kernels are measured against
-/// (`cargo bench --bench kernels -- roofline`).
+/// Runs `steps` x 16 independent register-only `vpdpbusd` (AVX-512 VNNI) and returns a sum
+/// of their lanes, or `None` on a CPU without it: the peak the ternary kernels are measured
+/// against (`cargo bench --bench kernels -- roofline`).
 pub fn vpdpbusd_roofline(steps: usize) -> Option<i32> {
     #[cfg(target_arch = "x86_64")]
     if Isa::Avx512Vnni.is_supported() {
