@@ -6,7 +6,9 @@
 //! cargo run --release --example bench -- -m MODEL -p 128 -n 64 -t 1,2 -r 5 [--json]
 //! ```
 //! The markdown table (or, with `--json`, an array of
-//! `{"test", "threads", "mean_tps", "sd_tps", "reps", ...}`) goes to stdout.
+//! `{"test", "threads", "mean_tps", "sd_tps", "reps", ...}`) goes to stdout. Decode rows also
+//! give the bytes a step reads (`read_bytes_per_token`: packed weights, norms, the LM head in
+//! its decode format, the KV cache) and the bandwidth that draws (`read_gbps`, GB/s).
 
 use std::path::Path;
 use std::time::Instant;
@@ -95,7 +97,7 @@ fn run(args: Args) -> Result<()> {
                 .map(|_| pool.install(run_once).map(|secs| *tokens as f64 / secs))
                 .collect::<Result<Vec<_>>>()?;
             let (mean, sd) = mean_sd(&rates);
-            rows.push(json!({
+            let mut row = json!({
                 "model": dir,
                 "model_bytes": model_bytes,
                 "load_s": load_s,
@@ -107,7 +109,14 @@ fn run(args: Args) -> Result<()> {
                 "mean_tps": mean,
                 "sd_tps": sd,
                 "reps": args.repetitions,
-            }));
+            });
+            if !*prefill {
+                // Step i attends i + 1 positions: the mean step reads the mean of the ends.
+                let bytes = (model.decode_bytes(0) + model.decode_bytes(*tokens - 1)) / 2;
+                row["read_bytes_per_token"] = json!(bytes);
+                row["read_gbps"] = json!(bytes as f64 * mean / 1e9);
+            }
+            rows.push(row);
         }
     }
     let rss = peak_rss_bytes();
@@ -182,15 +191,15 @@ fn peak_rss_bytes() -> Option<u64> {
 }
 
 fn print_table(rows: &[Value], model_bytes: u64, rss: Option<u64>) {
-    println!("| model | size | params | head | backend | threads | test | t/s |");
-    println!("|---|---:|---:|---|---|---:|---|---:|");
+    println!("| model | size | params | head | backend | threads | test | t/s | read GB/s |");
+    println!("|---|---:|---:|---|---|---:|---|---:|---:|");
     for row in rows {
         let model = Path::new(row["model"].as_str().unwrap_or(""))
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         println!(
-            "| {model} | {:.2} MiB | {} | {} | {} | {} | {} | {:.2} ± {:.2} |",
+            "| {model} | {:.2} MiB | {} | {} | {} | {} | {} | {:.2} ± {:.2} | {} |",
             model_bytes as f64 / (1 << 20) as f64,
             row["params"],
             row["head"].as_str().unwrap_or(""),
@@ -199,6 +208,9 @@ fn print_table(rows: &[Value], model_bytes: u64, rss: Option<u64>) {
             row["test"].as_str().unwrap_or(""),
             row["mean_tps"].as_f64().unwrap_or(0.0),
             row["sd_tps"].as_f64().unwrap_or(0.0),
+            row["read_gbps"]
+                .as_f64()
+                .map_or("-".into(), |gbps| format!("{gbps:.1}")),
         );
     }
     if let Some(rss) = rss {

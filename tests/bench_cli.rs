@@ -29,13 +29,29 @@ fn bench_reports_prefill_and_decode_per_thread_count() {
         assert_eq!(row["reps"], 2);
         assert!(row["model_bytes"].as_u64().unwrap() > 1_000_000, "{row}");
         assert_ne!(row["head"], "int8", "{row}");
+        // Decode rows carry the bytes a step reads (at least the packed weights) and the
+        // bandwidth that is at the measured rate; prefill rows do not.
+        let decode = row["test"].as_str().unwrap().starts_with("tg");
+        let bytes = row["read_bytes_per_token"].as_u64();
+        assert_eq!(bytes.is_some(), decode, "{row}");
+        if let Some(bytes) = bytes {
+            let gbps = bytes as f64 * row["mean_tps"].as_f64().unwrap() / 1e9;
+            assert!(bytes > 100_000, "{row}");
+            assert!(
+                (row["read_gbps"].as_f64().unwrap() - gbps).abs() < 1e-9,
+                "{row}"
+            );
+        }
     }
 
     let args = ["-p", "8", "-n", "2", "-t", "1", "-r", "1", "--int8-head"];
     let table = run_example("bench", &args, "");
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
-        text.starts_with("| model |") && text.contains("pp8") && text.contains("| int8 |"),
+        text.starts_with("| model |")
+            && text.contains("pp8")
+            && text.contains("| int8 |")
+            && text.contains("read GB/s"),
         "{text}"
     );
 }

@@ -357,6 +357,44 @@ impl BitNetModel {
         Ok(self)
     }
 
+    /// Bytes one decode step reads when `cached` positions are already in the cache: every
+    /// layer's packed codes and norm weights, the LM head in the format decode uses, one
+    /// embedding row, and the keys and values (f32) of the `cached + 1` positions attended.
+    /// Over a step's time, the memory bandwidth decode draws.
+    pub fn decode_bytes(&self, cached: usize) -> u64 {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|layer| {
+                let (attn, mlp) = (&layer.self_attn, &layer.mlp);
+                let linears = [
+                    &attn.q_proj,
+                    &attn.k_proj,
+                    &attn.v_proj,
+                    &attn.o_proj,
+                    &mlp.gate_proj,
+                    &mlp.up_proj,
+                    &mlp.down_proj,
+                ];
+                let norms = [&layer.input_layernorm, &layer.post_attention_layernorm]
+                    .into_iter()
+                    .chain(attn.sub_norm.as_ref())
+                    .chain(mlp.sub_norm.as_ref());
+                let kv = 2 * attn.kv_heads * attn.head_dim * 4 * (cached + 1);
+                linears.iter().map(|l| l.weight_bytes()).sum::<usize>()
+                    + norms.map(RmsNorm::weight_bytes).sum::<usize>()
+                    + kv
+            })
+            .sum();
+        let [vocab, hidden] = self.embed_tokens.weight.dims();
+        let head = match (&self.int8_head, &self.half_head) {
+            (Some(head), _) => head.bytes(),
+            (None, Some(head)) => head.bytes(),
+            (None, None) => 4 * vocab * hidden,
+        };
+        (layers + self.norm.weight_bytes() + head + 4 * hidden) as u64
+    }
+
     /// The format decode's LM head reads: `"int8"`, `"f16"`, `"bf16"` or `"f32"`.
     pub fn head_format(&self) -> &'static str {
         match (&self.int8_head, &self.half_head) {

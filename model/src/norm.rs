@@ -47,6 +47,11 @@ impl RmsNorm {
         }
     }
 
+    /// Bytes of the weight (f32).
+    pub fn weight_bytes(&self) -> usize {
+        4 * self.weight.dims()[0]
+    }
+
     /// Normalizes over the last dimension (one backend op: a pass per row on the thread pool,
     /// Burn's ops with their gradients on autodiff devices). Fails if `x` is not `d_model` wide.
     ///

@@ -68,6 +68,32 @@ fn incremental_decoding_equals_full_recompute() {
 }
 
 #[test]
+fn decode_bytes_count_what_a_step_reads() {
+    let device = Device::flex();
+    let model = config(FfnActivation::Relu2, true, true)
+        .init(&device)
+        .unwrap();
+    // Every projection's k (48 or 80) packs into one 32-byte block per row: q and o have 48
+    // rows, k and v 2 heads of 8, gate and up 80, down 48.
+    let codes = (48 + 16 + 16 + 48 + 80 + 80 + 48) * 32;
+    // Input and post-attention norms, the attention sub-norm (6 heads of 8), the FFN sub-norm.
+    let norms = 4 * (48 + 48 + 48 + 80);
+    // Keys and values of 2 heads of 8 in f32, for the 4 positions a step after 3 attends.
+    let kv = 2 * 2 * 8 * 4 * 4;
+    let rest = 4 * 48 + 4 * 48; // the final norm and one embedding row
+    let f32_head = 4 * 97 * 48;
+    assert_eq!(
+        model.decode_bytes(3),
+        (2 * (codes + norms + kv) + rest + f32_head) as u64
+    );
+    let model = model.with_int8_head().unwrap();
+    assert_eq!(
+        model.decode_bytes(3),
+        (2 * (codes + norms + kv) + rest + 97 * 48 + 4 * 97) as u64
+    );
+}
+
+#[test]
 fn from_linear_ternarizes_by_absmean() {
     let device = Device::flex();
     let linear = LinearConfig::new(130, 7).with_bias(false).init(&device);

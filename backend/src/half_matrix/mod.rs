@@ -67,6 +67,11 @@ impl HalfMatrix {
         [self.rows, self.cols]
     }
 
+    /// The bytes a product reads: two per value.
+    pub fn bytes(&self) -> usize {
+        2 * self.rows * self.cols
+    }
+
     /// The storage format: `"f16"` or `"bf16"`.
     pub fn format(&self) -> &'static str {
         match self.values {
