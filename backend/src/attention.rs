@@ -6,6 +6,8 @@
 //! of values straight from the cache buffers, only over the positions it may see; in prefill,
 //! blocks of four rows of a head do so together, sharing each load of keys and values.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::glu::exp_non_positive;
@@ -41,11 +43,48 @@ pub struct AttentionShape {
     pub len: usize,
 }
 
+impl AttentionShape {
+    /// `[batch, len, heads, dim]`: the position-major shape of the output.
+    pub fn output_shape(&self) -> [usize; 4] {
+        let heads = self.kv_heads * self.rows / self.len;
+        [self.batch, self.len, heads, self.dim]
+    }
+
+    /// The row of the position-major output that query row `i` (of all
+    /// `batch * kv_heads * rows`) fills.
+    fn output_row(&self, i: usize) -> usize {
+        let [_, len, heads, _] = self.output_shape();
+        let rows = self.rows;
+        let (b, head, j) = (
+            i / (self.kv_heads * rows),
+            i / rows % self.kv_heads,
+            i % rows,
+        );
+        (b * len + j % len) * heads + head * rows / len + j / len
+    }
+
+    /// The rows of `out` (position-major) in the order of the query rows that fill them, so
+    /// tasks taking runs of query rows get disjoint slices wherever those rows fall.
+    fn output_rows<'o>(&self, out: &'o mut [f32]) -> Vec<&'o mut [f32]> {
+        let mut slots: Vec<Option<&mut [f32]>> = out.chunks_exact_mut(self.dim).map(Some).collect();
+        (0..slots.len())
+            .map(|i| {
+                slots[self.output_row(i)]
+                    .take()
+                    .expect("each output row belongs to one query row")
+            })
+            .collect()
+    }
+}
+
 /// `softmax(q k^T * dim^-0.5, masked to positions <= the row's) v` for every query row.
 ///
 /// - `q`: `[batch, kv_heads, rows, dim]`
 /// - `keys`, `values`: `[batch, kv_heads, capacity, dim]`, positions `0..start + len` filled
-/// - output: `[batch, kv_heads, rows, dim]`
+/// - output: `[batch, len, heads, dim]` with `heads = kv_heads * rows / len`: query row `j` of
+///   key/value head `h` is head `h * rows / len + j / len` at position `j % len`. Position-major,
+///   as the output projection reads it, so no transposing copy follows (in decode, `len = 1`,
+///   both orders are the same).
 ///
 /// Scores are scaled after the dot product and the softmax divides before the weighted sum, as
 /// Burn's ops do; the order of the sums depends only on the shape (sixteen lanes per dot
@@ -84,6 +123,7 @@ pub fn cached_attention(
     if out.is_empty() {
         return out;
     }
+    let mut by_query_row = shape.output_rows(&mut out);
     let scale = (dim as f64).powf(-0.5) as f32;
     let attention = Attention {
         q,
@@ -92,7 +132,7 @@ pub fn cached_attention(
         shape,
         scale,
     };
-    let run = |first: usize, out: &mut [f32]| {
+    let run = |first: usize, out: &mut [&mut [f32]]| {
         vectorized(AttendRows {
             attention,
             first,
@@ -100,16 +140,18 @@ pub fn cached_attention(
         })
     };
     if q.len() * (start + len) <= INLINE_WORK {
-        run(0, &mut out);
+        run(0, &mut by_query_row);
     } else {
-        let all_rows = batch * kv_heads * rows;
-        let task_rows = all_rows
+        let task_rows = by_query_row
+            .len()
             .div_ceil(4 * rayon::current_num_threads())
             .min(TASK_ROWS);
-        out.par_chunks_mut(task_rows * dim)
+        by_query_row
+            .par_chunks_mut(task_rows)
             .enumerate()
             .for_each(|(task, out)| run(task * task_rows, out));
     }
+    drop(by_query_row);
     out
 }
 
@@ -123,11 +165,11 @@ struct Attention<'a> {
     scale: f32,
 }
 
-/// Rows `first..` of all `batch * kv_heads * rows` query rows, into `out`.
-struct AttendRows<'a> {
+/// Rows `first..` of all `batch * kv_heads * rows` query rows, into `out` (one slice each).
+struct AttendRows<'a, 'b, 'c> {
     attention: Attention<'a>,
     first: usize,
-    out: &'a mut [f32],
+    out: &'b mut [&'c mut [f32]],
 }
 
 /// What a task reuses from row to row: the keys of `kt_head` transposed, and the scores.
@@ -137,7 +179,7 @@ struct Scratch {
     scores: [Vec<f32>; BLOCK_ROWS],
 }
 
-impl FloatLoop for AttendRows<'_> {
+impl FloatLoop for AttendRows<'_, '_, '_> {
     type Output = ();
 
     #[inline(always)]
@@ -147,7 +189,7 @@ impl FloatLoop for AttendRows<'_> {
             first,
             out,
         } = self;
-        let AttentionShape { rows, dim, .. } = attention.shape;
+        let rows = attention.shape.rows;
         let mut scratch = Scratch {
             kt: Vec::new(),
             kt_head: usize::MAX,
@@ -156,14 +198,14 @@ impl FloatLoop for AttendRows<'_> {
         let (mut row, mut rest) = (first, out);
         while !rest.is_empty() {
             // This head's rows in the task, in blocks (prefill) or one by one (decode).
-            let head_rows = (rows - row % rows).min(rest.len() / dim);
-            let (mine, tail) = rest.split_at_mut(head_rows * dim);
-            for block in mine.chunks_mut(BLOCK_ROWS * dim) {
-                if rows >= TRANSPOSED_ROWS && block.len() == BLOCK_ROWS * dim {
+            let head_rows = (rows - row % rows).min(rest.len());
+            let (mine, tail) = rest.split_at_mut(head_rows);
+            for block in mine.chunks_mut(BLOCK_ROWS) {
+                if rows >= TRANSPOSED_ROWS && block.len() == BLOCK_ROWS {
                     attention.attend::<BLOCK_ROWS>(row, block, &mut scratch);
                     row += BLOCK_ROWS;
                 } else {
-                    for out in block.chunks_exact_mut(dim) {
+                    for out in block.chunks_exact_mut(1) {
                         attention.attend::<1>(row, out, &mut scratch);
                         row += 1;
                     }
@@ -177,7 +219,7 @@ impl FloatLoop for AttendRows<'_> {
 impl Attention<'_> {
     /// Query rows `first..first + R` (one head's) into `out` (`R` rows).
     #[inline(always)]
-    fn attend<const R: usize>(&self, first: usize, out: &mut [f32], scratch: &mut Scratch) {
+    fn attend<const R: usize>(&self, first: usize, out: &mut [&mut [f32]], scratch: &mut Scratch) {
         let AttentionShape {
             rows,
             dim,
@@ -233,6 +275,10 @@ impl Attention<'_> {
 /// Columns a pass of [`column_scores`] and [`weighted_sum`] keeps in registers per query row:
 /// four vectors of sixteen, four independent chains of additions.
 const PASS: usize = 64;
+/// Positions of the narrow passes that finish a block's scores: a causal block's positions
+/// end anywhere, and rounding them up to a whole wide pass computed a third more scores than
+/// a 128-token prefill needs.
+const TAIL_PASS: usize = 16;
 /// Query rows of one head that share each load of keys and values in prefill: the transposed
 /// keys and the values of a head are tens of kilobytes, read from L2 once per block of rows
 /// rather than once per row (attention was 7% of a 700M prefill, most of it those loads).
@@ -240,7 +286,7 @@ const BLOCK_ROWS: usize = 4;
 
 /// `scores[r][p] = sum_c queries[r][c] * kt[c][p]` for the `R` rows of `queries` and `p < most`
 /// (`kt` is `[dim, stride]`, `stride` a multiple of [`PASS`]), each sum in order of `c`,
-/// sixty-four positions per pass.
+/// sixty-four positions per pass, then sixteen.
 #[inline(always)]
 fn column_scores<const R: usize>(
     queries: &[f32],
@@ -248,34 +294,57 @@ fn column_scores<const R: usize>(
     most: usize,
     scores: &mut [Vec<f32>],
 ) {
-    let dim = queries.len() / R;
-    let stride = kt.len() / dim;
+    let end = most.next_multiple_of(TAIL_PASS);
     for scores in scores.iter_mut() {
         scores.clear();
-        scores.resize(most.next_multiple_of(PASS), 0.0);
+        scores.resize(end, 0.0);
     }
-    for p0 in (0..most).step_by(PASS) {
-        let mut acc = [[0f32; PASS]; R];
+    let wide = score_passes::<PASS, R>(queries, kt, 0..end, scores);
+    score_passes::<TAIL_PASS, R>(queries, kt, wide..end, scores);
+}
+
+/// [`column_scores`] for the whole passes of `N` positions in `positions`, returning where
+/// they stopped.
+#[inline(always)]
+fn score_passes<const N: usize, const R: usize>(
+    queries: &[f32],
+    kt: &[f32],
+    positions: Range<usize>,
+    scores: &mut [Vec<f32>],
+) -> usize {
+    let dim = queries.len() / R;
+    let stride = kt.len() / dim;
+    let stop = positions.start + positions.len() / N * N;
+    for p0 in (positions.start..stop).step_by(N) {
+        let mut acc = [[0f32; N]; R];
         for (c, column) in kt.chunks_exact(stride).enumerate() {
-            let column = &column[p0..][..PASS];
-            for (acc, query) in acc.iter_mut().zip(queries.chunks_exact(dim)) {
-                accumulate(acc, query[c], column);
+            let column = &column[p0..][..N];
+            let weights: [f32; R] = std::array::from_fn(|r| queries[r * dim + c]);
+            for (acc, weight) in acc.iter_mut().zip(weights) {
+                accumulate(acc, weight, column);
             }
         }
         for (scores, acc) in scores.iter_mut().zip(&acc) {
-            scores[p0..][..PASS].copy_from_slice(acc);
+            scores[p0..][..N].copy_from_slice(acc);
         }
     }
+    stop
 }
 
 /// `out[r][c] = sum_p probabilities[r][p] * values[p][c]` for the `R` rows (each over its own
-/// positions), each sum in order of `p`: sixty-four columns per pass, then sixteen (head widths
-/// are 64, 96, 100, 128), then one.
+/// positions), each sum in order of `p`: sixty-four columns per pass, then 32, 16 and one
+/// (head widths are 64, 96, 100, 128; a pass of 32 keeps eight chains of additions for four
+/// rows where two of 16 kept four).
 #[inline(always)]
-fn weighted_sum<const R: usize>(probabilities: &[Vec<f32>], values: &[f32], out: &mut [f32]) {
-    let wide = weighted_passes::<PASS, R>(probabilities, values, 0, out);
-    let narrow = weighted_passes::<16, R>(probabilities, values, wide, out);
-    weighted_passes::<1, R>(probabilities, values, wide + narrow, out);
+fn weighted_sum<const R: usize>(
+    probabilities: &[Vec<f32>],
+    values: &[f32],
+    out: &mut [&mut [f32]],
+) {
+    let mut done = weighted_passes::<PASS, R>(probabilities, values, 0, out);
+    done += weighted_passes::<32, R>(probabilities, values, done, out);
+    done += weighted_passes::<16, R>(probabilities, values, done, out);
+    weighted_passes::<1, R>(probabilities, values, done, out);
 }
 
 /// [`weighted_sum`] for the whole passes of `N` columns from column `offset` on, returning how
@@ -286,9 +355,9 @@ fn weighted_passes<const N: usize, const R: usize>(
     probabilities: &[Vec<f32>],
     values: &[f32],
     offset: usize,
-    out: &mut [f32],
+    out: &mut [&mut [f32]],
 ) -> usize {
-    let dim = out.len() / R;
+    let dim = out[0].len();
     let common = probabilities.iter().fold(usize::MAX, |m, p| m.min(p.len()));
     let passes = (dim - offset) / N;
     for column in (offset..offset + passes * N).step_by(N) {
@@ -299,12 +368,12 @@ fn weighted_passes<const N: usize, const R: usize>(
                 accumulate(acc, probabilities[p], value);
             }
         }
-        for (r, (acc, probabilities)) in acc.iter_mut().zip(probabilities).enumerate() {
+        for ((acc, probabilities), out) in acc.iter_mut().zip(probabilities).zip(out.iter_mut()) {
             let later = values.chunks_exact(dim).zip(probabilities).skip(common);
             for (value, &probability) in later {
                 accumulate(acc, probability, &value[column..][..N]);
             }
-            out[r * dim + column..][..N].copy_from_slice(acc);
+            out[column..][..N].copy_from_slice(acc);
         }
     }
     passes * N
@@ -371,7 +440,7 @@ mod tests {
             let all = AttendRows {
                 attention,
                 first: 0,
-                out: &mut out,
+                out: &mut shape.output_rows(&mut out),
             };
             vectorized_on(isa, all);
             out
@@ -381,6 +450,13 @@ mod tests {
             assert_eq!(run(isa), want, "{isa}, rows {rows}, dim {dim}");
         }
         assert_eq!(cached_attention(&q, &keys, &values, shape), want);
+        // Position-major: query row `row` of key/value head `head % kv_heads` (of sequence
+        // `head / kv_heads`) is query head `head % kv_heads * group + row / len` at `row % len`.
+        let group = rows / len;
+        let at_out = |head: usize, row: usize| {
+            let (b, kv) = (head / kv_heads, head % kv_heads);
+            ((b * len + row % len) * kv_heads * group + kv * group + row / len) * dim
+        };
         for (head, row) in (0..heads).flat_map(|h| (0..rows).map(move |r| (h, r))) {
             let seen = start + row % len + 1;
             let query = &q[(head * rows + row) * dim..][..dim];
@@ -399,7 +475,7 @@ mod tests {
                 let exact: f64 = (0..seen)
                     .map(|p| weights[p] / total * at(&values, p, c))
                     .sum();
-                let got = want[(head * rows + row) * dim + c] as f64;
+                let got = want[at_out(head, row) + c] as f64;
                 assert!(
                     (got - exact).abs() < 1e-5,
                     "rows {rows}, dim {dim}, head {head}, row {row}, {c}: {got} vs {exact}"

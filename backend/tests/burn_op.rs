@@ -415,14 +415,18 @@ fn rotary_embedding_equals_burns_ops_with_their_gradients() {
 }
 
 /// Attention in Burn's ops (the model's former implementation).
+/// Burn's ops for attention, in the op's position-major output layout `[batch, len, heads, dim]`.
 fn burn_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, start: usize, len: usize) -> Tensor<4> {
-    let ([_, _, rows, dim], seen) = (q.dims(), start + len);
+    let ([batch, kv_heads, rows, dim], seen) = (q.dims(), start + len);
     let (k, v) = (k.narrow(2, 0, seen), v.narrow(2, 0, seen));
     let scores = q.matmul(k.swap_dims(2, 3)) * (dim as f64).powf(-0.5);
     let future = Tensor::<2, Bool>::tril_mask([len, seen], start as i64, &scores.device())
         .repeat_dim(0, rows / len)
         .unsqueeze::<4>();
-    softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3).matmul(v)
+    softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3)
+        .matmul(v)
+        .reshape([batch, kv_heads * rows / len, len, dim])
+        .swap_dims(1, 2)
 }
 
 #[test]
@@ -474,8 +478,11 @@ fn cached_attention_is_close_to_burns_ops_with_their_gradients() {
                 if !device.is_autodiff() {
                     continue;
                 }
-                let dy =
-                    Tensor::<4>::from_data(TensorData::new(rng.floats(q.len()), q_shape), &device);
+                let out_shape = [batch, len, heads * group, dim];
+                let dy = Tensor::<4>::from_data(
+                    TensorData::new(rng.floats(q.len()), out_shape),
+                    &device,
+                );
                 let grads = (got * dy.clone()).sum().backward();
                 let want_grads = (want * dy).sum().backward();
                 for (got, want) in [(q_got, q_want), (k_got, k_want), (v_got, v_want)] {

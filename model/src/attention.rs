@@ -69,10 +69,7 @@ impl Attention {
         // pass over the keys and values serves the whole group without copying them per head.
         let group = heads / kv_heads;
         let q = q.reshape([batch, kv_heads, group * len, dim]);
-        let out = cached_attention(q, keys, values, start, len)?
-            .reshape([batch, heads, len, dim])
-            .swap_dims(1, 2)
-            .reshape([batch, len, heads * dim]);
+        let out = cached_attention(q, keys, values, start, len)?.reshape([batch, len, heads * dim]);
         let out = match &self.sub_norm {
             Some(norm) => norm.forward(out)?,
             None => out,

@@ -170,7 +170,11 @@ impl<B: Backend + TernaryOps, C: CheckpointStrategy> TernaryOps for Autodiff<B, 
         );
         let future = B::bool_expand(future, scores.shape());
         let scores = Self::float_mask_fill(scores, future, f32::NEG_INFINITY.into());
-        Self::float_matmul(Self::softmax(scores, 3), filled(values))
+        let out = Self::float_matmul(Self::softmax(scores, 3), filled(values));
+        // `[batch, kv_heads, rows, dim]` -> position-major `[batch, len, heads, dim]`.
+        let heads = shape[1] * rows / len;
+        let by_head = Self::float_reshape(out, Shape::from([shape[0], heads, len, dim]));
+        Self::float_swap_dims(by_head, 1, 2)
     }
 
     fn ternary_dequantize(packed: IntTensor<Self>, layout: TernaryLayout) -> FloatTensor<Self> {

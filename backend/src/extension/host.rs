@@ -279,11 +279,10 @@ macro_rules! host_ternary_ops {
                 start: usize,
                 len: usize,
             ) -> $tensor {
-                let q_shape = queries.shape();
                 let (q, k, v) = (queries.f32s(), keys.f32s(), values.f32s());
-                let shape = attention_shape(&q_shape, &keys.shape(), start, len);
+                let shape = attention_shape(&queries.shape(), &keys.shape(), start, len);
                 let y = attention::cached_attention(&q, &k, &v, shape);
-                <$tensor>::from_host(TensorData::new(y, q_shape))
+                <$tensor>::from_host(TensorData::new(y, shape.output_shape()))
             }
 
             fn ternary_dequantize(packed: $tensor, layout: TernaryLayout) -> $tensor {

@@ -103,7 +103,7 @@ pub trait TernaryOps: Backend {
     /// - `queries`: `[batch, kv_heads, rows, dim]` (f32), query heads sharing a key/value head
     ///   stacked along `rows`; row `j` is at position `start + j % len`
     /// - `keys`, `values`: `[batch, kv_heads, capacity, dim]`, positions `0..start + len` filled
-    /// - output: `[batch, kv_heads, rows, dim]`
+    /// - output: `[batch, len, heads, dim]`, `heads = kv_heads * rows / len`, position-major
     fn cached_attention(
         queries: FloatTensor<Self>,
         keys: FloatTensor<Self>,
@@ -390,7 +390,9 @@ pub fn rotary_embedding<const D: usize>(
 /// - `queries`: `[batch, kv_heads, rows, dim]`, query heads sharing a key/value head stacked
 ///   along `rows`; row `j` is at position `start + j % len`
 /// - `keys`, `values`: `[batch, kv_heads, capacity, dim]`, positions `0..start + len` filled
-/// - output: `[batch, kv_heads, rows, dim]`
+/// - output: `[batch, len, heads, dim]` with `heads = kv_heads * rows / len`: query row `j` of
+///   key/value head `h` comes out as head `h * rows / len + j / len` at position `j % len`,
+///   the layout the output projection reads after a reshape (no transposing copy)
 pub fn cached_attention(
     queries: Tensor<4>,
     keys: Tensor<4>,
