@@ -17,6 +17,7 @@ use anyhow::{Context, Result, bail};
 use bitnet_model::BitNetModel;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Parser;
+use rayon::prelude::*;
 use serde_json::{Value, json};
 
 // Shared by all examples; this one takes a list of thread counts instead of `RunArgs`.
@@ -44,6 +45,11 @@ struct Args {
     /// Print a JSON array instead of the markdown table.
     #[arg(long)]
     json: bool,
+    /// Also measure the machine's read bandwidth per thread count (a sum over 1 GiB, like
+    /// STREAM's read test): the limit the decode rows' read GB/s compare to, in the same run.
+    /// Its buffer is allocated after the peak RSS is taken.
+    #[arg(long)]
+    mem_read: bool,
     /// Burn backend.
     #[arg(long, value_enum, default_value = "flex")]
     device: Backend,
@@ -120,6 +126,9 @@ fn run(args: Args) -> Result<()> {
         }
     }
     let rss = peak_rss_bytes();
+    if args.mem_read {
+        rows.extend(memory_read_rows(&args.threads, args.repetitions)?);
+    }
     for row in &mut rows {
         row["peak_rss_bytes"] = json!(rss);
     }
@@ -155,6 +164,42 @@ fn time_decode(model: &BitNetModel, tokens: usize, device: &Device) -> Result<f6
         model.forward_last(input, &mut cache)?.into_data();
     }
     Ok(start.elapsed().as_secs_f64())
+}
+
+/// Words of the buffer the read bandwidth is measured on: 1 GiB, far beyond any cache.
+const READ_WORDS: usize = 1 << 27;
+
+/// One `mem-read` row per thread count: GB/s of a sum over [`READ_WORDS`] words split across
+/// a pool of that many threads, mean ± sd of `repetitions` after a warm-up.
+fn memory_read_rows(threads: &[usize], repetitions: usize) -> Result<Vec<Value>> {
+    let buffer: Vec<u64> = (0..READ_WORDS as u64).collect();
+    let read_once = || {
+        let start = Instant::now();
+        let sum = buffer
+            .par_chunks(1 << 16)
+            .map(|chunk| chunk.iter().fold(0u64, |a, &x| a.wrapping_add(x)))
+            .reduce(|| 0, u64::wrapping_add);
+        std::hint::black_box(sum);
+        (READ_WORDS * 8) as f64 / start.elapsed().as_secs_f64() / 1e9
+    };
+    let mut rows = Vec::new();
+    for &threads in threads {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .context("building the thread pool")?;
+        pool.install(read_once);
+        let rates: Vec<f64> = (0..repetitions).map(|_| pool.install(read_once)).collect();
+        let (mean, sd) = mean_sd(&rates);
+        rows.push(json!({
+            "test": "mem-read",
+            "threads": threads,
+            "read_gbps": mean,
+            "sd_gbps": sd,
+            "reps": repetitions,
+        }));
+    }
+    Ok(rows)
 }
 
 fn mean_sd(values: &[f64]) -> (f64, f64) {
@@ -193,24 +238,31 @@ fn peak_rss_bytes() -> Option<u64> {
 fn print_table(rows: &[Value], model_bytes: u64, rss: Option<u64>) {
     println!("| model | size | params | head | backend | threads | test | t/s | read GB/s |");
     println!("|---|---:|---:|---|---|---:|---|---:|---:|");
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let spread = |mean: &Value, sd: &Value, digits: usize| match (mean.as_f64(), sd.as_f64()) {
+        (Some(mean), Some(sd)) => format!("{mean:.digits$} ± {sd:.digits$}"),
+        (Some(mean), None) => format!("{mean:.digits$}"),
+        _ => "-".into(),
+    };
     for row in rows {
-        let model = Path::new(row["model"].as_str().unwrap_or(""))
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        // Model rows name the model; `mem-read` rows measure the machine alone.
+        let model = row["model"].as_str().map(|path| {
+            let name = Path::new(path).file_name().unwrap_or_default();
+            (
+                name.to_string_lossy().into_owned(),
+                format!("{:.2} MiB", model_bytes as f64 / (1 << 20) as f64),
+                row["params"].to_string(),
+            )
+        });
+        let (model, size, params) = model.unwrap_or(("-".into(), "-".into(), "-".into()));
         println!(
-            "| {model} | {:.2} MiB | {} | {} | {} | {} | {} | {:.2} ± {:.2} | {} |",
-            model_bytes as f64 / (1 << 20) as f64,
-            row["params"],
-            row["head"].as_str().unwrap_or(""),
-            row["backend"].as_str().unwrap_or(""),
+            "| {model} | {size} | {params} | {} | {} | {} | {} | {} | {} |",
+            text(&row["head"]),
+            text(&row["backend"]),
             row["threads"],
-            row["test"].as_str().unwrap_or(""),
-            row["mean_tps"].as_f64().unwrap_or(0.0),
-            row["sd_tps"].as_f64().unwrap_or(0.0),
-            row["read_gbps"]
-                .as_f64()
-                .map_or("-".into(), |gbps| format!("{gbps:.1}")),
+            text(&row["test"]),
+            spread(&row["mean_tps"], &row["sd_tps"], 2),
+            spread(&row["read_gbps"], &row["sd_gbps"], 1),
         );
     }
     if let Some(rss) = rss {

@@ -44,14 +44,26 @@ fn bench_reports_prefill_and_decode_per_thread_count() {
         }
     }
 
-    let args = ["-p", "8", "-n", "2", "-t", "1", "-r", "1", "--int8-head"];
+    let args = [
+        "-p",
+        "8",
+        "-n",
+        "2",
+        "-t",
+        "1",
+        "-r",
+        "1",
+        "--int8-head",
+        "--mem-read",
+    ];
     let table = run_example("bench", &args, "");
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
         text.starts_with("| model |")
             && text.contains("pp8")
             && text.contains("| int8 |")
-            && text.contains("read GB/s"),
+            && text.contains("read GB/s")
+            && text.contains("| 1 | mem-read | - |"),
         "{text}"
     );
 }
