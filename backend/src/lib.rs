@@ -16,6 +16,7 @@ pub mod half_matrix;
 pub mod i2s;
 pub mod int8_matrix;
 pub mod kernels;
+pub mod kv;
 pub mod lut;
 pub mod norm;
 pub mod quant;
@@ -28,8 +29,8 @@ mod vectorize;
 
 pub use error::{Result, TernaryError};
 pub use extension::{
-    TernaryLinearExt, TernaryOps, TernaryWeight, cached_attention, gated_activation, rms_norm,
-    rotary_embedding, ternary_linear, ternary_linear_group,
+    TernaryLinearExt, TernaryOps, TernaryWeight, cache_write, cached_attention, gated_activation,
+    rms_norm, rotary_embedding, ternary_linear, ternary_linear_group,
 };
 pub use glu::FfnActivation;
 pub use half_matrix::HalfMatrix;

@@ -54,13 +54,14 @@ pub fn rotate_half(x: &Rows<'_>, cos: &[f32], sin: &[f32]) -> Vec<f32> {
     y
 }
 
-/// Rotates rows `first_row..` of `x` into `y`, one row of `y` each.
-struct RotateRows<'a> {
-    y: &'a mut [f32],
-    x: &'a Rows<'a>,
-    cos: &'a [f32],
-    sin: &'a [f32],
-    first_row: usize,
+/// Rotates rows `first_row..` of `x` into `y`, one row of `y` each; row `r` is at position
+/// `r % len`.
+pub(crate) struct RotateRows<'a> {
+    pub(crate) y: &'a mut [f32],
+    pub(crate) x: &'a Rows<'a>,
+    pub(crate) cos: &'a [f32],
+    pub(crate) sin: &'a [f32],
+    pub(crate) first_row: usize,
 }
 
 impl FloatLoop for RotateRows<'_> {

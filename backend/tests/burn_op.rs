@@ -1,12 +1,12 @@
 //! The Burn extension on Flex, NdArray and Autodiff: equal to a float matmul with the
 //! dequantized weights, with the input gradient `dy · W`; the fused float ops (gated
-//! activation, RMSNorm, RoPE, cached attention) close to Burn's own ops, gradients included.
+//! activation, RMSNorm, RoPE, cached attention, KV cache writes) close to Burn's own ops, gradients included.
 
 mod common;
 
 use bitnet_backend::{
     FfnActivation, I2sWeights, LutWeights, ScaleConvention, TernaryLinearExt, TernaryWeight,
-    cached_attention, gated_activation, rms_norm, rotary_embedding, ternary_linear,
+    cache_write, cached_attention, gated_activation, rms_norm, rotary_embedding, ternary_linear,
     ternary_linear_group,
 };
 use burn::tensor::activation::softmax;
@@ -414,8 +414,103 @@ fn rotary_embedding_equals_burns_ops_with_their_gradients() {
     assert!(err.unwrap_err().to_string().contains("even"));
 }
 
-/// Attention in Burn's ops (the model's former implementation).
-/// Burn's ops for attention, in the op's position-major output layout `[batch, len, heads, dim]`.
+#[test]
+fn cache_write_equals_burns_slice_assign_with_rotation_and_gradients() {
+    // New positions as the projections give them (`[batch, len, heads, dim]` viewed with swapped
+    // axes), written at `start` into a cache of 12, rotated (keys) or not (values).
+    let (batch, heads, len, dim, capacity, start) = (2, 3, 5, 8, 12, 4);
+    let mut rng = Rng::new(43);
+    let (new, old) = (
+        rng.floats(batch * len * heads * dim),
+        rng.floats(batch * heads * capacity * dim),
+    );
+    let (cos, sin) = (rng.floats(len * dim), rng.floats(len * dim));
+    let cache_shape = [batch, heads, capacity, dim];
+    for (name, device) in devices() {
+        for device in [device.clone(), device.autodiff()] {
+            let tensor = |v: &[f32], shape: [usize; 4]| {
+                let t = Tensor::<4>::from_data(TensorData::new(v.to_vec(), shape), &device);
+                if device.is_autodiff() {
+                    t.require_grad()
+                } else {
+                    t
+                }
+            };
+            let table = |v: &[f32]| {
+                Tensor::<2>::from_data(TensorData::new(v.to_vec(), [len, dim]), &device)
+            };
+            let (cos, sin) = (table(&cos), table(&sin));
+            for rotate in [true, false] {
+                let (new_got, new_want) = (
+                    tensor(&new, [batch, len, heads, dim]),
+                    tensor(&new, [batch, len, heads, dim]),
+                );
+                let (mut got, held) = (tensor(&old, cache_shape), tensor(&old, cache_shape));
+                let held_copy = held.clone();
+                let rotation = rotate.then_some((&cos, &sin));
+                cache_write(&mut got, new_got.clone().swap_dims(1, 2), start, rotation).unwrap();
+                let mut shared = held.clone();
+                cache_write(
+                    &mut shared,
+                    new_got.clone().swap_dims(1, 2),
+                    start,
+                    rotation,
+                )
+                .unwrap();
+                let mut value = new_want.clone().swap_dims(1, 2);
+                if rotate {
+                    value = burn_rope(value, cos.clone(), sin.clone());
+                }
+                let want =
+                    held_copy.slice_assign([0..batch, 0..heads, start..start + len, 0..dim], value);
+                got.clone()
+                    .into_data()
+                    .assert_eq(&want.clone().into_data(), true);
+                shared
+                    .into_data()
+                    .assert_eq(&want.clone().into_data(), true);
+                // A cache the caller still holds elsewhere keeps its values.
+                held.into_data()
+                    .assert_eq(&TensorData::new(old.clone(), cache_shape), true);
+                if device.is_autodiff() {
+                    let dy = Tensor::<4>::from_data(
+                        TensorData::new(rng.floats(old.len()), cache_shape),
+                        &device,
+                    );
+                    let grads = (got * dy.clone()).sum().backward();
+                    let want_grads = (want * dy).sum().backward();
+                    let got = new_got.grad(&grads).expect("gradient").into_data();
+                    let want = new_want.grad(&want_grads).expect("gradient").into_data();
+                    got.assert_approx_eq::<f32>(&want, relative_to_max(&want, 1e-6));
+                }
+                println!("{name}: rotate {rotate} agrees");
+            }
+        }
+    }
+    // Shapes that do not fit are errors, and the cache is left as it was.
+    let device = Device::flex();
+    let mut cache = Tensor::<4>::ones([1, 2, 6, 4], &device);
+    let table = Tensor::<2>::zeros([3, 4], &device);
+    for (new, start, rotation) in [
+        (Tensor::<4>::zeros([1, 2, 3, 4], &device), 4, None),
+        (Tensor::<4>::zeros([1, 3, 3, 4], &device), 0, None),
+        (
+            Tensor::<4>::zeros([1, 2, 2, 4], &device),
+            0,
+            Some((&table, &table)),
+        ),
+    ] {
+        let err = cache_write(&mut cache, new, start, rotation).unwrap_err();
+        assert!(err.to_string().contains("[1, 2, 6, 4]"), "{err}");
+        cache
+            .clone()
+            .into_data()
+            .assert_eq(&Tensor::<4>::ones([1, 2, 6, 4], &device).into_data(), true);
+    }
+}
+
+/// Attention in Burn's ops (the model's former implementation), in the op's position-major
+/// output layout `[batch, len, heads, dim]`.
 fn burn_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, start: usize, len: usize) -> Tensor<4> {
     let ([batch, kv_heads, rows, dim], seen) = (q.dims(), start + len);
     let (k, v) = (k.narrow(2, 0, seen), v.narrow(2, 0, seen));

@@ -62,8 +62,8 @@ impl Attention {
         let [q, k, v] = BitLinear::forward_group([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
         let (q, k, v) = (split(q, heads), split(k, kv_heads), split(v, kv_heads));
         let q = RotaryEmbedding::apply(q, cos, sin)?;
-        let k = RotaryEmbedding::apply(k, cos, sin)?;
-        let (keys, values) = cache.append(k, v, start);
+        // The keys are rotated on their way into the cache.
+        let (keys, values) = cache.append(k, v, (cos, sin), start)?;
 
         // Query heads sharing a key/value head are stacked along the position axis, so one
         // pass over the keys and values serves the whole group without copying them per head.

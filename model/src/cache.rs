@@ -1,5 +1,6 @@
 //! Key/value cache, preallocated to the context size so decoding never reallocates.
 
+use bitnet_backend::cache_write;
 use burn::tensor::{Device, Tensor};
 
 use crate::error::{ModelError, Result};
@@ -7,35 +8,31 @@ use crate::error::{ModelError, Result};
 /// Keys and values of one layer: `[batch, kv_heads, context, head_dim]` each.
 #[derive(Debug, Clone)]
 pub struct LayerCache {
-    // Taken out while being written so `slice_assign` owns the only handle and can write in
-    // place instead of copying the whole buffer.
-    keys: Option<Tensor<4>>,
-    values: Option<Tensor<4>>,
+    keys: Tensor<4>,
+    values: Tensor<4>,
 }
 
 impl LayerCache {
-    /// Writes `keys` and `values` of `len` new positions at `start` and returns the whole
-    /// buffers, positions `0..start + len` filled (attention reads them in place; a slice
-    /// would be copied to be made contiguous).
+    /// Writes `keys` (rotated by the RoPE tables `cos`, `sin` on their way in) and `values`
+    /// of `len` new positions at `start`, in place (the handles returned last time are gone by
+    /// the next step), and returns the whole buffers, positions `0..start + len` filled
+    /// (attention reads them in place; a slice would be copied to be made contiguous).
     ///
     /// # Shapes
-    /// - `keys`, `values`: `[batch, kv_heads, len, head_dim]`
+    /// - `keys`, `values`: `[batch, kv_heads, len, head_dim]` (views with swapped axes are read
+    ///   where they lie)
+    /// - `cos`, `sin`: `[len, head_dim]`
     /// - outputs: `[batch, kv_heads, context, head_dim]`
     pub fn append(
         &mut self,
         keys: Tensor<4>,
         values: Tensor<4>,
+        (cos, sin): (&Tensor<2>, &Tensor<2>),
         start: usize,
-    ) -> (Tensor<4>, Tensor<4>) {
-        let [batch, heads, len, dim] = keys.dims();
-        let target = [0..batch, 0..heads, start..start + len, 0..dim];
-        let write = |slot: &mut Option<Tensor<4>>, new: Tensor<4>| {
-            let buffer = slot.take().expect("a layer cache always holds its buffers");
-            let buffer = buffer.slice_assign(target.clone(), new);
-            *slot = Some(buffer.clone());
-            buffer
-        };
-        (write(&mut self.keys, keys), write(&mut self.values, values))
+    ) -> Result<(Tensor<4>, Tensor<4>)> {
+        cache_write(&mut self.keys, keys, start, Some((cos, sin)))?;
+        cache_write(&mut self.values, values, start, None)?;
+        Ok((self.keys.clone(), self.values.clone()))
     }
 }
 
@@ -59,12 +56,14 @@ impl KvCache {
         device: &Device,
     ) -> Self {
         let shape = [batch, kv_heads, context, head_dim];
-        let layer = LayerCache {
-            keys: Some(Tensor::zeros(shape, device)),
-            values: Some(Tensor::zeros(shape, device)),
+        // A buffer each (clones would share one, and the first write of each layer would copy
+        // it whole).
+        let layer = || LayerCache {
+            keys: Tensor::zeros(shape, device),
+            values: Tensor::zeros(shape, device),
         };
         Self {
-            layers: vec![layer; layers],
+            layers: (0..layers).map(|_| layer()).collect(),
             len: 0,
             context,
         }

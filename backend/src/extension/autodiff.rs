@@ -177,6 +177,29 @@ impl<B: Backend + TernaryOps, C: CheckpointStrategy> TernaryOps for Autodiff<B, 
         Self::float_swap_dims(by_head, 1, 2)
     }
 
+    /// Burn's tracked slice assignment, so the gradient reaches `cache` and `new`.
+    fn cache_write(
+        cache: FloatTensor<Self>,
+        new: FloatTensor<Self>,
+        start: usize,
+    ) -> FloatTensor<Self> {
+        let shape = new.shape();
+        let mut slices: Vec<Slice> = shape.iter().map(|&d| Slice::from(0..d)).collect();
+        slices[2] = Slice::from(start..start + shape[2]);
+        Self::float_slice_assign(cache, &slices, new)
+    }
+
+    /// The tracked rotation, then the tracked write.
+    fn cache_write_rotated(
+        cache: FloatTensor<Self>,
+        new: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        start: usize,
+    ) -> FloatTensor<Self> {
+        Self::cache_write(cache, Self::rotary_embedding(new, cos, sin), start)
+    }
+
     fn ternary_dequantize(packed: IntTensor<Self>, layout: TernaryLayout) -> FloatTensor<Self> {
         Self::from_inner(B::ternary_dequantize(packed, layout))
     }

@@ -17,7 +17,7 @@ use crate::i2s::{I2sView, PackedFormat, TernaryLayout};
 use crate::kernels::{Isa, ternary_linear_group as host_linear_group};
 use crate::lut::{LutView, lut_linear};
 use crate::rows::Rows;
-use crate::{norm, rope};
+use crate::{kv, norm, rope};
 
 /// `N` ternary layers applied to `x` (`[.., k]`): validated by [`super::TernaryWeight`] and
 /// [`super::ternary_linear_group`] beforehand, so a failure here is a broken invariant, not bad
@@ -202,6 +202,16 @@ impl HostTensor for NdArrayTensor {
         }
     }
 
+    fn f32s_mut(&mut self) -> Option<&mut [f32]> {
+        let NdArrayTensor::F32(storage) = self else {
+            return None;
+        };
+        if !storage.is_unique() {
+            return None;
+        }
+        storage.ensure_owned().as_slice_mut()
+    }
+
     fn from_host(data: TensorData) -> Self {
         NdArrayTensor::from_data(data)
     }
@@ -216,6 +226,25 @@ fn linear<T: HostTensor, const N: usize>(
     let codes = packed.map(T::u8s);
     let codes = std::array::from_fn(|i| codes[i].as_ref());
     group_on_host(&x.f32s(), &x.shape(), codes, layouts).map(T::from_host)
+}
+
+/// `new` written into `cache` at positions `start..` (see [`kv::write_positions`]): in place
+/// when the backend lets the cache's buffer be overwritten, else into a copy.
+fn write_cache<T: HostTensor>(
+    mut cache: T,
+    new: &T,
+    start: usize,
+    tables: Option<(&[f32], &[f32])>,
+) -> T {
+    let shape = cache.shape();
+    let rows = new.f32_rows();
+    if let Some(buffer) = cache.f32s_mut() {
+        kv::write_positions(buffer, shape[2], &rows, start, tables);
+        return cache;
+    }
+    let mut buffer = cache.f32s().into_owned();
+    kv::write_positions(&mut buffer, shape[2], &rows, start, tables);
+    T::from_host(TensorData::new(buffer, shape))
 }
 
 /// `impl TernaryOps` for a backend whose tensors are [`HostTensor`]s: every op reads its inputs
@@ -283,6 +312,21 @@ macro_rules! host_ternary_ops {
                 let shape = attention_shape(&queries.shape(), &keys.shape(), start, len);
                 let y = attention::cached_attention(&q, &k, &v, shape);
                 <$tensor>::from_host(TensorData::new(y, shape.output_shape()))
+            }
+
+            fn cache_write(cache: $tensor, new: $tensor, start: usize) -> $tensor {
+                write_cache(cache, &new, start, None)
+            }
+
+            fn cache_write_rotated(
+                cache: $tensor,
+                new: $tensor,
+                cos: $tensor,
+                sin: $tensor,
+                start: usize,
+            ) -> $tensor {
+                let (cos, sin) = (cos.f32s(), sin.f32s());
+                write_cache(cache, &new, start, Some((&cos, &sin)))
             }
 
             fn ternary_dequantize(packed: $tensor, layout: TernaryLayout) -> $tensor {

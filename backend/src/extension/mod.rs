@@ -112,6 +112,29 @@ pub trait TernaryOps: Backend {
         len: usize,
     ) -> FloatTensor<Self>;
 
+    /// Writes `new` into a KV cache buffer at positions `start..start + len`, in place when
+    /// nothing else holds the buffer (see [`crate::kv::write_positions`]).
+    ///
+    /// # Shapes
+    /// - `cache`: `[batch, heads, capacity, dim]` (f32), `new`: `[batch, heads, len, dim]`
+    /// - output: `[batch, heads, capacity, dim]`
+    fn cache_write(
+        cache: FloatTensor<Self>,
+        new: FloatTensor<Self>,
+        start: usize,
+    ) -> FloatTensor<Self>;
+
+    /// [`TernaryOps::cache_write`] of `new` rotated as [`TernaryOps::rotary_embedding`] rotates
+    /// it (`cos`, `sin`: `[len, dim]`): the keys of new positions, rotated on their way into the
+    /// cache.
+    fn cache_write_rotated(
+        cache: FloatTensor<Self>,
+        new: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        start: usize,
+    ) -> FloatTensor<Self>;
+
     /// The dequantized weights.
     ///
     /// # Shapes
@@ -423,6 +446,52 @@ pub fn cached_attention(
         len,
     ));
     Ok(restore(y, dtype))
+}
+
+/// Writes the keys or values of `len` new positions into a KV cache buffer at positions
+/// `start..start + len`, the keys rotated by RoPE when `rotation` (`cos`, `sin`) is given, as
+/// [`rotary_embedding`] rotates them. The buffer is written in place when nothing else holds it
+/// (on Flex; NdArray and Autodiff write a copy), and `new` is read where it lies, so the
+/// projections' output viewed with swapped axes is not copied first. On an error (shapes that
+/// do not fit) `cache` is left as it was.
+///
+/// # Shapes
+/// - `cache`: `[batch, heads, capacity, dim]`
+/// - `new`: `[batch, heads, len, dim]`, `cos`, `sin`: `[len, dim]`
+pub fn cache_write(
+    cache: &mut Tensor<4>,
+    new: Tensor<4>,
+    start: usize,
+    rotation: Option<(&Tensor<2>, &Tensor<2>)>,
+) -> Result<()> {
+    let ([batch, heads, capacity, dim], shape) = (cache.dims(), new.dims());
+    let len = shape[2];
+    let tables_fit = rotation.is_none_or(|(cos, sin)| {
+        cos.dims() == [len, dim] && sin.dims() == [len, dim] && dim.is_multiple_of(2)
+    });
+    if shape != [batch, heads, len, dim] || start + len > capacity || !tables_fit {
+        return Err(TernaryError::Shape(format!(
+            "new positions {shape:?} from {start} (rotation tables {:?}) do not fit a cache {:?}",
+            rotation.map(|(cos, sin)| (cos.dims(), sin.dims())),
+            cache.dims()
+        )));
+    }
+    // Taken out (an empty tensor stands in) so the op holds the only handle to the buffer.
+    let buffer = std::mem::replace(cache, Tensor::empty([0; 4], &cache.device()));
+    let dtype = buffer.dtype();
+    let (buffer, new) = (as_f32(buffer).into_dispatch(), as_f32(new).into_dispatch());
+    let written = match rotation {
+        Some((cos, sin)) => <Dispatch as TernaryOps>::cache_write_rotated(
+            buffer,
+            new,
+            as_f32(cos.clone()).into_dispatch(),
+            as_f32(sin.clone()).into_dispatch(),
+            start,
+        ),
+        None => <Dispatch as TernaryOps>::cache_write(buffer, new, start),
+    };
+    *cache = restore(Tensor::<4>::from_dispatch(written), dtype);
+    Ok(())
 }
 
 /// The tensor in f32, which the host implementations read.
