@@ -441,20 +441,8 @@ unsafe fn transpose_tokens(q: &[i8], row: usize, steps: &mut [i32]) {
         // SAFETY: token t's bytes s0 * 4.. s0 * 4 + 64 lie inside its row (row % 64 == 0).
         let r: [__m512i; 16] =
             std::array::from_fn(|t| unsafe { load64(q.as_ptr().add(t * row + s0 * 4)) });
-        // Per 128-bit lane: dwords 0, 1 (then 2, 3) of tokens 2i and 2i + 1 interleaved.
-        let mut a = [_mm512_setzero_si512(); 16];
-        for i in 0..8 {
-            a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-            a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-        }
         // b[4i + e], lane L: dword 4L + e of tokens 4i..4i + 4.
-        let mut b = [_mm512_setzero_si512(); 16];
-        for i in 0..4 {
-            b[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
-            b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
-            b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
-            b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
-        }
+        let b = lane_transposes(r);
         // Step 4L + e gathers lane L of b[e], b[4 + e], b[8 + e] and b[12 + e].
         for e in 0..4 {
             let low = _mm512_shuffle_i32x4::<0b01_00_01_00>(b[e], b[4 + e]);
@@ -528,6 +516,29 @@ impl LaneTile<'_> {
     }
 }
 
+/// 4 x 4 dword transposes inside each 128-bit lane of every four vectors: lane `L` of output
+/// `4i + e` holds dword `e` of lane `L` of inputs `4i..4i + 4` (the first two steps of a
+/// register transpose, shared by rows and tokens).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn lane_transposes<const N: usize>(v: [__m512i; N]) -> [__m512i; N] {
+    // Per lane of a[2i], a[2i + 1]: dwords 0, 1 (then 2, 3) of inputs 2i and 2i + 1 interleaved.
+    let mut a = [_mm512_setzero_si512(); N];
+    for i in 0..N / 2 {
+        a[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+    }
+    let mut out = [_mm512_setzero_si512(); N];
+    for i in 0..N / 4 {
+        let (p, q) = (4 * i, 4 * i + 2);
+        out[p] = _mm512_unpacklo_epi64(a[p], a[q]);
+        out[p + 1] = _mm512_unpackhi_epi64(a[p], a[q]);
+        out[p + 2] = _mm512_unpacklo_epi64(a[p + 1], a[q + 1]);
+        out[p + 3] = _mm512_unpackhi_epi64(a[p + 1], a[q + 1]);
+    }
+    out
+}
+
 /// Block `b` of sixteen rows (at `ptr`, rows `rb` bytes apart) as eight vectors: vector `d`
 /// holds dword `d` of row `i`'s 32 bytes in lane `i`.
 ///
@@ -547,23 +558,10 @@ unsafe fn transpose_block(ptr: *const u8, rb: usize) -> [__m512i; 8] {
         };
         _mm512_inserti64x4::<1>(_mm512_castsi256_si512(low), high)
     });
-    // Per 128-bit lane of a[2i], a[2i + 1]: dwords 0, 1 then 2, 3 of rows 2i and 2i + 1 interleaved.
-    let mut a = [_mm512_setzero_si512(); 8];
-    for i in 0..4 {
-        a[2 * i] = _mm512_unpacklo_epi32(z[2 * i], z[2 * i + 1]);
-        a[2 * i + 1] = _mm512_unpackhi_epi32(z[2 * i], z[2 * i + 1]);
-    }
-    // Per 128-bit lane of c[4h + e]: dword e (or 4 + e in odd lanes) of rows 4h..4h + 4.
-    let mut c = [_mm512_setzero_si512(); 8];
-    for h in 0..2 {
-        let (p, q) = (4 * h, 4 * h + 2);
-        c[4 * h] = _mm512_unpacklo_epi64(a[p], a[q]);
-        c[4 * h + 1] = _mm512_unpackhi_epi64(a[p], a[q]);
-        c[4 * h + 2] = _mm512_unpacklo_epi64(a[p + 1], a[q + 1]);
-        c[4 * h + 3] = _mm512_unpackhi_epi64(a[p + 1], a[q + 1]);
-    }
-    // Lanes of c[e]: rows 0..4 (dword e, then 4 + e), rows 8..12 (same); c[4 + e]: rows 4..8
-    // and 12..16. Interleaving their 128-bit lanes puts rows 0..16 in order.
+    // c[4h + e]: lanes 0 and 1 hold dwords e and 4 + e of rows 4h..4h + 4, lanes 2 and 3 the
+    // same of rows 4h + 8..4h + 12. Interleaving the lanes of c[e] (rows 0..4, 8..12) and
+    // c[4 + e] (rows 4..8, 12..16) puts rows 0..16 in order.
+    let c = lane_transposes(z);
     let even = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
     let odd = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
     let mut dwords = [_mm512_setzero_si512(); 8];
