@@ -319,6 +319,8 @@ fn score_passes<const N: usize, const R: usize>(
         let mut acc = [[0f32; N]; R];
         for (c, column) in kt.chunks_exact(stride).enumerate() {
             let column = &column[p0..][..N];
+            // The rows' values for this column first: indexed inside the loop below, LLVM
+            // vectorized the 16-position pass across columns with gathers (15% of a prefill).
             let weights: [f32; R] = std::array::from_fn(|r| queries[r * dim + c]);
             for (acc, weight) in acc.iter_mut().zip(weights) {
                 accumulate(acc, weight, column);
