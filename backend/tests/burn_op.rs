@@ -1,6 +1,7 @@
 //! The Burn extension on Flex, NdArray and Autodiff: equal to a float matmul with the
 //! dequantized weights, with the input gradient `dy · W`; the fused float ops (gated
-//! activation, RMSNorm, RoPE, cached attention, KV cache writes) close to Burn's own ops, gradients included.
+//! activation, RMSNorm, RoPE, cached attention, KV cache writes) close to Burn's own ops,
+//! gradients included.
 
 mod common;
 

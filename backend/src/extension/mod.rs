@@ -451,7 +451,7 @@ pub fn cached_attention(
 /// Writes the keys or values of `len` new positions into a KV cache buffer at positions
 /// `start..start + len`, the keys rotated by RoPE when `rotation` (`cos`, `sin`) is given, as
 /// [`rotary_embedding`] rotates them. The buffer is written in place when nothing else holds it
-/// (on Flex; NdArray and Autodiff write a copy), and `new` is read where it lies, so the
+/// (on Flex and NdArray; Autodiff writes a tracked copy), and `new` is read where it lies, so the
 /// projections' output viewed with swapped axes is not copied first. On an error (shapes that
 /// do not fit) `cache` is left as it was.
 ///
