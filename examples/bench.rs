@@ -9,11 +9,13 @@
 //! `{"test", "threads", "mean_tps", "sd_tps", "reps", ...}`) goes to stdout. Decode rows also
 //! give the bytes a step reads (`read_bytes_per_token`: packed weights, norms, the LM head in
 //! its decode format, the KV cache) and the bandwidth that draws (`read_gbps`, GB/s).
+//! `BITNET_KERNEL=base3` decodes from a 1.6-bit copy of the weights (`kernel` column).
 
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use bitnet_backend::KernelChoice;
 use bitnet_model::BitNetModel;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Parser;
@@ -76,6 +78,8 @@ fn run(args: Args) -> Result<()> {
     let load_s = start.elapsed().as_secs_f64();
     eprintln!("loaded {} in {load_s:.3} s", dir.display());
     let model_bytes = model_bytes(&dir)?;
+    // The kernel family the layers were packed for (`BITNET_KERNEL`, checked by the load).
+    let kernel = KernelChoice::selected()?.to_string();
     let tests: Vec<(String, usize, bool)> = [
         (format!("pp{}", args.n_prompt), args.n_prompt, true),
         (format!("tg{}", args.n_gen), args.n_gen, false),
@@ -109,6 +113,7 @@ fn run(args: Args) -> Result<()> {
                 "load_s": load_s,
                 "params": model.config.num_parameters(),
                 "head": model.head_format(),
+                "kernel": kernel,
                 "backend": format!("{:?}", args.device).to_lowercase(),
                 "test": name,
                 "threads": threads,
@@ -236,8 +241,10 @@ fn peak_rss_bytes() -> Option<u64> {
 }
 
 fn print_table(rows: &[Value], model_bytes: u64, rss: Option<u64>) {
-    println!("| model | size | params | head | backend | threads | test | t/s | read GB/s |");
-    println!("|---|---:|---:|---|---|---:|---|---:|---:|");
+    println!(
+        "| model | size | params | head | kernel | backend | threads | test | t/s | read GB/s |"
+    );
+    println!("|---|---:|---:|---|---|---|---:|---|---:|---:|");
     let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
     let spread = |mean: &Value, sd: &Value, digits: usize| match (mean.as_f64(), sd.as_f64()) {
         (Some(mean), Some(sd)) => format!("{mean:.digits$} ± {sd:.digits$}"),
@@ -256,8 +263,9 @@ fn print_table(rows: &[Value], model_bytes: u64, rss: Option<u64>) {
         });
         let (model, size, params) = model.unwrap_or(("-".into(), "-".into(), "-".into()));
         println!(
-            "| {model} | {size} | {params} | {} | {} | {} | {} | {} | {} |",
+            "| {model} | {size} | {params} | {} | {} | {} | {} | {} | {} | {} |",
             text(&row["head"]),
+            text(&row["kernel"]),
             text(&row["backend"]),
             row["threads"],
             text(&row["test"]),

@@ -58,6 +58,9 @@ pub enum PackedFormat {
     I2s,
     /// The LUT kernel's pattern indices ([`crate::lut`]), rows padded to whole tiles.
     Lut,
+    /// I2_S for several tokens plus a base-3 copy (1.6 bits per weight) that decode reads
+    /// ([`crate::base3`]): all I2_S rows, then all base-3 rows.
+    I2sBase3,
 }
 
 impl std::fmt::Display for PackedFormat {
@@ -65,6 +68,7 @@ impl std::fmt::Display for PackedFormat {
         f.write_str(match self {
             Self::I2s => "i2s",
             Self::Lut => "lut",
+            Self::I2sBase3 => "i2s+base3",
         })
     }
 }
@@ -121,9 +125,21 @@ impl TernaryLayout {
         self.k.div_ceil(BLOCK) * BLOCK
     }
 
-    /// Packed bytes per row.
+    /// Packed bytes per row: `k_padded / 4` (I2_S and LUT), plus the base-3 row for
+    /// [`PackedFormat::I2sBase3`].
     pub fn row_bytes(&self) -> usize {
-        self.k_padded() / 4
+        match self.format {
+            PackedFormat::I2s | PackedFormat::Lut => self.k_padded() / 4,
+            PackedFormat::I2sBase3 => self.k_padded() / 4 + self.decode_row_bytes(),
+        }
+    }
+
+    /// Packed bytes of one row that a decode step (one token) reads.
+    pub fn decode_row_bytes(&self) -> usize {
+        match self.format {
+            PackedFormat::I2s | PackedFormat::Lut => self.row_bytes(),
+            PackedFormat::I2sBase3 => crate::base3::base3_row_bytes(self.k_padded()),
+        }
     }
 
     /// The same layout with the bytes in another format.
@@ -134,7 +150,7 @@ impl TernaryLayout {
     /// Rows of packed bytes: `n`, or for the LUT format `n` rounded up to whole tiles.
     pub fn packed_rows(&self) -> usize {
         match self.format {
-            PackedFormat::I2s => self.n,
+            PackedFormat::I2s | PackedFormat::I2sBase3 => self.n,
             PackedFormat::Lut => self.n.div_ceil(crate::lut::TILE_ROWS) * crate::lut::TILE_ROWS,
         }
     }

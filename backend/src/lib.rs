@@ -9,6 +9,7 @@
 //! and ternary weights, and the float output follows the reference formula bit for bit.
 
 pub mod attention;
+pub mod base3;
 pub mod error;
 pub mod extension;
 pub mod glu;
@@ -27,6 +28,7 @@ pub mod select;
 mod test_support;
 mod vectorize;
 
+pub use base3::{I2sBase3View, I2sBase3Weights};
 pub use error::{Result, TernaryError};
 pub use extension::{
     TernaryLinearExt, TernaryOps, TernaryWeight, cache_write, cached_attention, gated_activation,

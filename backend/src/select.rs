@@ -1,5 +1,7 @@
-//! Which kernel family runs a layer: `BITNET_KERNEL=i2s|lut|auto`, where `auto` times both on
-//! each distinct weight shape and token-count class once and keeps the faster.
+//! Which kernel family runs a layer: `BITNET_KERNEL=i2s|lut|base3|auto`, where `auto` times I2_S
+//! and LUT on each distinct weight shape and token-count class once and keeps the faster.
+//! `base3` (I2_S plus a 1.6-bit copy for decode, [`crate::base3`]) trades memory for decode
+//! bandwidth, which a timing of one layer in cache cannot see, so it is only ever asked for.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -36,9 +38,10 @@ impl KernelChoice {
         match value.trim().to_ascii_lowercase().as_str() {
             "i2s" | "i2_s" => Ok(Self::Forced(PackedFormat::I2s)),
             "lut" | "tl" => Ok(Self::Forced(PackedFormat::Lut)),
+            "base3" | "i2s+base3" => Ok(Self::Forced(PackedFormat::I2sBase3)),
             "auto" | "" => Ok(Self::Auto),
             other => Err(TernaryError::Dispatch(format!(
-                "BITNET_KERNEL={other:?} is not one of i2s, lut, auto"
+                "BITNET_KERNEL={other:?} is not one of i2s, lut, base3, auto"
             ))),
         }
     }

@@ -177,11 +177,11 @@ impl BitLinear {
         Self::from_i2s(&weights, &spec, None, &device)
     }
 
-    /// Bytes a forward pass reads from the weights: the packed codes (or the latent f32
-    /// weights) and the pre-norm's weight.
+    /// Bytes a decode step reads from the weights: the packed codes it reads (or the latent
+    /// f32 weights) and the pre-norm's weight.
     pub fn weight_bytes(&self) -> usize {
         let weights = match &self.weights {
-            TernaryParam::Packed(_) => self.layout.n * self.layout.row_bytes(),
+            TernaryParam::Packed(_) => self.layout.n * self.layout.decode_row_bytes(),
             TernaryParam::Latent(_) => self.layout.n * self.layout.k * 4,
         };
         weights + self.norm.as_ref().map_or(0, RmsNorm::weight_bytes)

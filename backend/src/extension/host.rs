@@ -11,6 +11,7 @@ use burn::tensor::{DType, Shape, TensorData};
 
 use super::TernaryOps;
 use crate::attention::{self, AttentionShape};
+use crate::base3::{I2sBase3View, i2s_base3_linear_group};
 use crate::error::Result;
 use crate::glu::FfnActivation;
 use crate::i2s::{I2sView, PackedFormat, TernaryLayout};
@@ -31,7 +32,8 @@ fn group_on_host<const N: usize>(
     const CHECKED: &str = "ternary_linear checked the packed lengths and the input shape";
     let m = x.len() / layouts[0].k;
     let isa = Isa::selected().expect("ternary_linear checked BITNET_ISA before dispatch");
-    let outputs = if layouts.iter().all(|l| l.format == PackedFormat::I2s) {
+    let formats = |format| layouts.iter().all(|l| l.format == format);
+    let outputs = if formats(PackedFormat::I2s) {
         let views = codes
             .iter()
             .zip(layouts)
@@ -39,6 +41,14 @@ fn group_on_host<const N: usize>(
             .collect::<Result<Vec<_>>>()
             .expect(CHECKED);
         host_linear_group(isa, &views, x, m).expect(CHECKED)
+    } else if formats(PackedFormat::I2sBase3) {
+        let views = codes
+            .iter()
+            .zip(layouts)
+            .map(|(codes, layout)| I2sBase3View::new(*layout, codes))
+            .collect::<Result<Vec<_>>>()
+            .expect(CHECKED);
+        i2s_base3_linear_group(isa, &views, x, m).expect(CHECKED)
     } else {
         codes
             .iter()
@@ -46,6 +56,9 @@ fn group_on_host<const N: usize>(
             .map(|(codes, layout)| match layout.format {
                 PackedFormat::I2s => I2sView::new(*layout, codes)
                     .and_then(|w| host_linear_group(isa, &[w], x, m))
+                    .map(|mut ys| ys.swap_remove(0)),
+                PackedFormat::I2sBase3 => I2sBase3View::new(*layout, codes)
+                    .and_then(|w| i2s_base3_linear_group(isa, &[w], x, m))
                     .map(|mut ys| ys.swap_remove(0)),
                 PackedFormat::Lut => {
                     LutView::new(*layout, codes).and_then(|w| lut_linear(isa, w, x, m))
@@ -67,6 +80,7 @@ fn dequantize_on_host(codes: &[u8], layout: TernaryLayout) -> TensorData {
     let values = match layout.format {
         PackedFormat::I2s => I2sView::new(layout, codes).map(|w| w.dequantize()),
         PackedFormat::Lut => LutView::new(layout, codes).map(|w| w.dequantize()),
+        PackedFormat::I2sBase3 => I2sBase3View::new(layout, codes).map(|w| w.i2s().dequantize()),
     }
     .expect("TernaryWeight validated the packed length");
     TensorData::new(values, [layout.n, layout.k])

@@ -16,6 +16,7 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Dispatch, backend_extension};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
+use crate::base3::{I2sBase3View, I2sBase3Weights};
 use crate::error::{Result, TernaryError};
 use crate::glu::FfnActivation;
 use crate::i2s::{I2sWeights, PackedFormat, TernaryLayout};
@@ -161,12 +162,20 @@ impl TernaryWeight {
         Self::upload(weights.layout(), weights.bytes(), device)
     }
 
+    /// Uploads weights in the I2_S + base-3 format.
+    pub fn from_i2s_base3(weights: &I2sBase3Weights, device: &Device) -> Self {
+        Self::upload(weights.layout(), weights.bytes(), device)
+    }
+
     /// Uploads I2_S weights in the format `BITNET_KERNEL` picks for them (`auto`: the faster
     /// kernel family on this shape, measured once per shape).
     pub fn from_i2s_selected(weights: &I2sWeights, device: &Device) -> Result<Self> {
         Ok(match KernelChoice::selected()?.format_for(weights)? {
             PackedFormat::I2s => Self::from_i2s(weights, device),
             PackedFormat::Lut => Self::from_lut(&LutWeights::from_i2s(weights.view()), device),
+            PackedFormat::I2sBase3 => {
+                Self::from_i2s_base3(&I2sBase3Weights::from_i2s(weights), device)
+            }
         })
     }
 
@@ -221,6 +230,10 @@ impl TernaryWeight {
         match self.layout.format {
             PackedFormat::I2s => I2sWeights::from_codes(self.layout, bytes),
             PackedFormat::Lut => LutWeights::from_bytes(self.layout, bytes)?.to_i2s(),
+            PackedFormat::I2sBase3 => {
+                let i2s = I2sBase3View::new(self.layout, &bytes)?.i2s();
+                I2sWeights::from_codes(i2s.layout, i2s.codes.to_vec())
+            }
         }
     }
 

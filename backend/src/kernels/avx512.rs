@@ -37,7 +37,7 @@ const TILES_AHEAD: usize = 2;
 const MIN_PREFETCH_BYTES: usize = 8192;
 
 /// The prefetch distance in bytes for tiles of `tile_bytes` packed bytes.
-fn prefetch_distance(tile_bytes: usize) -> usize {
+pub(crate) fn prefetch_distance(tile_bytes: usize) -> usize {
     (TILES_AHEAD * tile_bytes).max(MIN_PREFETCH_BYTES)
 }
 /// Tokens per tile when there are several: 4 x 4 accumulators fit the register file with the
@@ -172,7 +172,7 @@ pub(crate) fn float_loop<L: FloatLoop>(body: L) -> L::Output {
 /// `ptr` points to at least 64 readable bytes.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn load64<T>(ptr: *const T) -> __m512i {
+pub(crate) unsafe fn load64<T>(ptr: *const T) -> __m512i {
     // SAFETY: the caller guarantees 64 readable bytes; loadu has no alignment requirement.
     unsafe { _mm512_loadu_si512(ptr.cast()) }
 }
@@ -219,7 +219,7 @@ fn unscale(acc: __m512i) -> i32 {
 /// length is a multiple of 128.
 #[inline]
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
-unsafe fn packed_tile<const R: usize, const T: usize>(
+pub(crate) unsafe fn packed_tile<const R: usize, const T: usize>(
     rows: [&[u8]; R],
     qs: [&[i8]; T],
     ahead: usize,

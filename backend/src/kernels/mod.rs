@@ -345,15 +345,40 @@ pub fn ternary_linear_group_quantized(
     outputs
 }
 
+/// Packed rows a decode task sums for one token: I2_S rows, or the base-3 copy of
+/// [`crate::base3`] weights.
+pub(crate) trait DecodeRows: Copy + Send + Sync {
+    /// Shape, scale and conventions.
+    fn layout(&self) -> TernaryLayout;
+    /// `out[i] = sum_c code(r0 + i, c) * q[c]` for one padded token `q`, on `isa` (supported).
+    fn row_sums(&self, isa: Isa, r0: usize, q: &[i8], out: &mut [i32]);
+}
+
+impl DecodeRows for I2sView<'_> {
+    fn layout(&self) -> TernaryLayout {
+        self.layout
+    }
+
+    fn row_sums(&self, isa: Isa, r0: usize, q: &[i8], out: &mut [i32]) {
+        let rb = self.layout.row_bytes();
+        let codes = &self.codes[r0 * rb..(r0 + out.len()) * rb];
+        dots(isa, codes, rb, q, 1, SumLayout::by_row(1), out);
+    }
+}
+
 /// Decode (one token): the rows of every layer split across the pool in one call, each task
 /// turning its sums into outputs at once. One token's outputs are in row order, so a task's
 /// rows are a slice of them, and nothing is left for the calling thread to finish afterwards.
-fn gemv_group(isa: Isa, ws: &[I2sView<'_>], x: &QuantizedActivations) -> Vec<Vec<f32>> {
+pub(crate) fn gemv_group<W: DecodeRows>(
+    isa: Isa,
+    ws: &[W],
+    x: &QuantizedActivations,
+) -> Vec<Vec<f32>> {
     thread_local! {
         static ROW_SUMS: Cell<Vec<i32>> = const { Cell::new(Vec::new()) };
     }
-    let rows_per_task = rows_per_task(ws.iter().map(|w| w.layout.n).sum());
-    let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.layout.n]).collect();
+    let rows_per_task = rows_per_task(ws.iter().map(|w| w.layout().n).sum());
+    let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.layout().n]).collect();
     let mut tasks = Vec::new();
     for (w, y) in ws.iter().zip(&mut ys) {
         let chunks = y.chunks_mut(rows_per_task).enumerate();
@@ -361,18 +386,10 @@ fn gemv_group(isa: Isa, ws: &[I2sView<'_>], x: &QuantizedActivations) -> Vec<Vec
     }
     let (x_scale, offset) = (x.scales[0], x.sums[0]);
     tasks.into_par_iter().for_each(|(w, r0, y)| {
-        let (rb, layout) = (w.layout.row_bytes(), w.layout);
+        let layout = w.layout();
         let mut sums = ROW_SUMS.take();
         sums.resize(y.len(), 0);
-        dots(
-            isa,
-            &w.codes[r0 * rb..(r0 + y.len()) * rb],
-            rb,
-            &x.q,
-            1,
-            SumLayout::by_row(1),
-            &mut sums,
-        );
+        w.row_sums(isa, r0, &x.q, &mut sums);
         for (y, &sum) in y.iter_mut().zip(&sums) {
             *y = layout
                 .convention
@@ -452,20 +469,31 @@ pub fn ternary_linear_group(
     x: &[f32],
     m: usize,
 ) -> Result<Vec<Vec<f32>>> {
-    let Some(first) = ws.first() else {
+    let layouts: Vec<TernaryLayout> = ws.iter().map(|w| w.layout).collect();
+    let xq = quantize_for_group(&layouts, x, m)?;
+    ternary_linear_group_quantized(isa, ws, &xq)
+}
+
+/// Quantizes `x` (`[m, k]`, row-major) once for a group of layers, which must share `k` and
+/// the activation rule.
+pub(crate) fn quantize_for_group(
+    layouts: &[TernaryLayout],
+    x: &[f32],
+    m: usize,
+) -> Result<QuantizedActivations> {
+    let Some(layout) = layouts.first() else {
         return Err(TernaryError::Shape(
             "a group of ternary layers needs at least one layer".into(),
         ));
     };
-    let layout = first.layout;
-    if let Some(other) = ws
+    if let Some(other) = layouts
         .iter()
-        .find(|w| w.layout.k != layout.k || w.layout.activation != layout.activation)
+        .find(|l| l.k != layout.k || l.activation != layout.activation)
     {
         return Err(TernaryError::Shape(format!(
             "layers applied to one input must share k and the activation rule: k={} ({:?}) and \
              k={} ({:?})",
-            layout.k, layout.activation, other.layout.k, other.layout.activation
+            layout.k, layout.activation, other.k, other.activation
         )));
     }
     let k = layout.k;
@@ -475,8 +503,13 @@ pub fn ternary_linear_group(
             x.len()
         )));
     }
-    let xq = QuantizedActivations::new(x, m, k, layout.k_padded(), layout.activation);
-    ternary_linear_group_quantized(isa, ws, &xq)
+    Ok(QuantizedActivations::new(
+        x,
+        m,
+        k,
+        layout.k_padded(),
+        layout.activation,
+    ))
 }
 
 /// `raw[r * m + t]` for all rows and tokens of every layer in `ws`, one layer after another;
