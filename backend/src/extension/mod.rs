@@ -1,8 +1,9 @@
 //! The Burn backend extension: a ternary linear layer, and the float steps around it in a
 //! BitNet block, as Burn ops on Flex, NdArray and Autodiff.
 //!
-//! Packed weights (I2_S, or the LUT kernel's format) live on the device as a `U8` int tensor
-//! `[rows, k_padded / 4]` (so Burn records keep them) next to a [`TernaryLayout`]. Flex and
+//! Packed weights (I2_S, the LUT kernel's format, or I2_S with its base-3 copy) live on the
+//! device as a `U8` int tensor `[packed_rows, row_bytes]` ([`TernaryLayout`]'s, so Burn records
+//! keep them) next to the layout. Flex and
 //! NdArray read tensors in place and build outputs from the host code's `Vec`s (`host.rs`);
 //! Autodiff adds the input gradient `dy · W` of the ternary layer and builds the float steps
 //! from Burn's own tracked ops (`autodiff.rs`).
@@ -31,7 +32,7 @@ pub trait TernaryOps: Backend {
     ///
     /// # Shapes
     /// - `x`: `[..., k]` (f32)
-    /// - `packed`: `[n, k_padded / 4]` (u8, I2_S codes)
+    /// - `packed`: `[packed_rows, row_bytes]` of `layout` (u8, in its format)
     /// - output: `[..., n]`
     fn ternary_linear(
         x: FloatTensor<Self>,
@@ -40,13 +41,13 @@ pub trait TernaryOps: Backend {
     ) -> FloatTensor<Self>;
 
     /// [`TernaryOps::ternary_linear`] for two layers that read the same input (gate and up):
-    /// `x` is quantized once and one parallel call runs the rows of both (I2_S weights; other
-    /// formats run one by one). Burn's extension ops take no `Vec` of tensors, hence a pair and
+    /// `x` is quantized once and one parallel call runs the rows of both (I2_S weights, or I2_S
+    /// + base-3 ones; other formats and mixes run one by one). Burn's extension ops take no `Vec` of tensors, hence a pair and
     /// a triple.
     ///
     /// # Shapes
     /// - `x`: `[..., k]` (f32)
-    /// - `first`, `second`: `[n_i, k_padded / 4]` (u8)
+    /// - `first`, `second`: `[packed_rows_i, row_bytes_i]` (u8)
     /// - outputs: `[..., n_i]`
     fn ternary_linear_pair(
         x: FloatTensor<Self>,
@@ -139,7 +140,7 @@ pub trait TernaryOps: Backend {
     /// The dequantized weights.
     ///
     /// # Shapes
-    /// - `packed`: `[n, k_padded / 4]` (u8)
+    /// - `packed`: `[packed_rows, row_bytes]` (u8)
     /// - output: `[n, k]` (f32)
     fn ternary_dequantize(packed: IntTensor<Self>, layout: TernaryLayout) -> FloatTensor<Self>;
 }
@@ -187,7 +188,7 @@ impl TernaryWeight {
         }
     }
 
-    /// Wraps a `U8` tensor of packed weights `[packed_rows, k_padded / 4]` in the layout's format
+    /// Wraps a `U8` tensor of packed weights `[packed_rows, row_bytes]` in the layout's format
     /// (a loaded module parameter).
     pub fn new(packed: Tensor<2, Int>, layout: TernaryLayout) -> Result<Self> {
         let expected = [layout.packed_rows(), layout.row_bytes()];
