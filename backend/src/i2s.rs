@@ -161,6 +161,29 @@ impl TernaryLayout {
     }
 }
 
+/// Fails unless `layout` is in `format` and `len` is its packed length (`what` names the bytes).
+pub(crate) fn check_packed(
+    layout: &TernaryLayout,
+    format: PackedFormat,
+    len: usize,
+    what: &'static str,
+) -> Result<()> {
+    if layout.format != format {
+        return Err(TernaryError::Shape(format!(
+            "{what}: a {format} view of weights in the {} format",
+            layout.format
+        )));
+    }
+    if len != layout.packed_len() {
+        return Err(TernaryError::Length {
+            what,
+            expected: layout.packed_len(),
+            actual: len,
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn check_scale(what: &'static str, value: f32) -> Result<()> {
     if value.is_finite() && value > 0.0 {
         Ok(())
@@ -196,19 +219,7 @@ pub struct I2sView<'a> {
 impl<'a> I2sView<'a> {
     /// Checks that `codes` holds exactly the packed bytes `layout` describes.
     pub fn new(layout: TernaryLayout, codes: &'a [u8]) -> Result<Self> {
-        if layout.format != PackedFormat::I2s {
-            return Err(TernaryError::Shape(format!(
-                "an I2_S view of weights in the {} format",
-                layout.format
-            )));
-        }
-        if codes.len() != layout.packed_len() {
-            return Err(TernaryError::Length {
-                what: "I2_S codes",
-                expected: layout.packed_len(),
-                actual: codes.len(),
-            });
-        }
+        check_packed(&layout, PackedFormat::I2s, codes.len(), "I2_S codes")?;
         Ok(Self { layout, codes })
     }
 

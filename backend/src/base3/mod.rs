@@ -24,7 +24,9 @@ mod scalar;
 use rayon::prelude::*;
 
 use crate::error::{Result, TernaryError};
-use crate::i2s::{BLOCK, BLOCK_BYTES, I2sView, I2sWeights, PackedFormat, TernaryLayout};
+use crate::i2s::{
+    BLOCK, BLOCK_BYTES, I2sView, I2sWeights, PackedFormat, TernaryLayout, check_packed,
+};
 use crate::kernels::{DecodeRows, Isa, gemv_group, ternary_linear_group_quantized};
 use crate::quant::QuantizedActivations;
 
@@ -195,19 +197,8 @@ pub struct I2sBase3View<'a> {
 impl<'a> I2sBase3View<'a> {
     /// Checks the format and the length.
     pub fn new(layout: TernaryLayout, bytes: &'a [u8]) -> Result<Self> {
-        if layout.format != PackedFormat::I2sBase3 {
-            return Err(TernaryError::Shape(format!(
-                "an I2_S + base-3 view of weights in the {} format",
-                layout.format
-            )));
-        }
-        if bytes.len() != layout.packed_len() {
-            return Err(TernaryError::Length {
-                what: "I2_S + base-3 weights",
-                expected: layout.packed_len(),
-                actual: bytes.len(),
-            });
-        }
+        let what = "I2_S + base-3 weights";
+        check_packed(&layout, PackedFormat::I2sBase3, bytes.len(), what)?;
         Ok(Self { layout, bytes })
     }
 

@@ -34,20 +34,10 @@ fn group_on_host<const N: usize>(
     let isa = Isa::selected().expect("ternary_linear checked BITNET_ISA before dispatch");
     let formats = |format| layouts.iter().all(|l| l.format == format);
     let outputs = if formats(PackedFormat::I2s) {
-        let views = codes
-            .iter()
-            .zip(layouts)
-            .map(|(codes, layout)| I2sView::new(*layout, codes))
-            .collect::<Result<Vec<_>>>()
-            .expect(CHECKED);
+        let views = views(&codes, layouts, I2sView::new).expect(CHECKED);
         host_linear_group(isa, &views, x, m).expect(CHECKED)
     } else if formats(PackedFormat::I2sBase3) {
-        let views = codes
-            .iter()
-            .zip(layouts)
-            .map(|(codes, layout)| I2sBase3View::new(*layout, codes))
-            .collect::<Result<Vec<_>>>()
-            .expect(CHECKED);
+        let views = views(&codes, layouts, I2sBase3View::new).expect(CHECKED);
         i2s_base3_linear_group(isa, &views, x, m).expect(CHECKED)
     } else {
         codes
@@ -74,6 +64,19 @@ fn group_on_host<const N: usize>(
         shape[last] = layouts[i].n;
         TensorData::new(outputs.next().expect("one output per layer"), shape)
     })
+}
+
+/// Every layer's view in one format, for one parallel call over all of them.
+fn views<'a, V>(
+    codes: &[&'a [u8]],
+    layouts: &[TernaryLayout],
+    view: impl Fn(TernaryLayout, &'a [u8]) -> Result<V>,
+) -> Result<Vec<V>> {
+    codes
+        .iter()
+        .zip(layouts)
+        .map(|(c, l)| view(*l, c))
+        .collect()
 }
 
 fn dequantize_on_host(codes: &[u8], layout: TernaryLayout) -> TensorData {

@@ -20,7 +20,7 @@ mod scalar;
 use rayon::prelude::*;
 
 use crate::error::{Result, TernaryError};
-use crate::i2s::{I2sView, I2sWeights, PackedFormat, TernaryLayout};
+use crate::i2s::{I2sView, I2sWeights, PackedFormat, TernaryLayout, check_packed};
 use crate::kernels::{Isa, check_activations, finish_linear};
 use crate::quant::QuantizedActivations;
 
@@ -150,20 +150,7 @@ impl<'a> LutView<'a> {
     /// Checks the length (the patterns are checked where untrusted bytes come in:
     /// [`LutWeights::from_bytes`]).
     pub fn new(layout: TernaryLayout, indices: &'a [u8]) -> Result<Self> {
-        if layout.format != PackedFormat::Lut {
-            return Err(TernaryError::Shape(format!(
-                "a LUT view of weights in the {} format",
-                layout.format
-            )));
-        }
-        let expected = LutWeights::packed_len(&layout);
-        if indices.len() != expected {
-            return Err(TernaryError::Length {
-                what: "LUT weights",
-                expected,
-                actual: indices.len(),
-            });
-        }
+        check_packed(&layout, PackedFormat::Lut, indices.len(), "LUT weights")?;
         Ok(Self { layout, indices })
     }
 
