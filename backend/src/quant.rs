@@ -164,7 +164,7 @@ fn abs_max(x: &[f32]) -> f32 {
 /// the integer is then the low bits of the sum (two's complement relative to the shifter's
 /// bits). Clamping to [-128, 127] before rounding instead of after gives the same integers.
 #[inline(always)]
-fn round_to_i8(y: f32) -> i8 {
+pub(crate) fn round_to_i8(y: f32) -> i8 {
     const SHIFTER: f32 = 12_582_912.0;
     let y = if y.is_nan() { 0.0 } else { y };
     (y + SHIFTER).to_bits().wrapping_sub(SHIFTER.to_bits()) as i8
