@@ -213,7 +213,7 @@ impl Builder<'_> {
             .map(|eps| self.norm(&format!("{prefix}.rms_norm"), k, eps))
             .transpose()?;
         Ok(BitLinear::from_i2s(
-            &weights,
+            weights,
             &self.config.linear,
             norm,
             self.device,

@@ -32,7 +32,7 @@ impl BitLinearConfig {
         let latent = self.init_latent(device).into_data();
         let latent = host_values(latent)?;
         let weights = ternarize(&latent, self.d_output, self.d_input, self.spec.convention)?;
-        BitLinear::from_i2s(&weights, &self.spec, self.init_norm(device), device)
+        BitLinear::from_i2s(weights, &self.spec, self.init_norm(device), device)
     }
 
     /// A trainable layer: the same uniform draw kept as latent float weights, ternarized in
@@ -124,7 +124,7 @@ impl BitLinear {
     /// Fails if the weights' scale convention disagrees with `spec` or the pre-norm has the
     /// wrong width.
     pub fn from_i2s(
-        weights: &I2sWeights,
+        weights: I2sWeights,
         spec: &TernaryLinearSpec,
         norm: Option<RmsNorm>,
         device: &Device,
@@ -174,7 +174,7 @@ impl BitLinear {
         let values = host_values(weight.transpose().into_data())?;
         let weights = I2sWeights::from_latent(&values, n, k)?;
         let spec = TernaryLinearSpec::new(ScaleConvention::Divide);
-        Self::from_i2s(&weights, &spec, None, &device)
+        Self::from_i2s(weights, &spec, None, &device)
     }
 
     /// Bytes a decode step reads from the weights: the packed codes it reads (or the latent
@@ -224,7 +224,7 @@ impl BitLinear {
         let mut spec = TernaryLinearSpec::new(self.layout.convention)
             .with_activation_scale(self.layout.activation);
         spec.rms_norm_eps = self.norm.as_ref().map(|norm| norm.epsilon);
-        Self::from_i2s(&weights, &spec, self.norm, &device)
+        Self::from_i2s(weights, &spec, self.norm, &device)
     }
 
     /// Applies the optional pre-norm, quantizes each token to int8 and multiplies by the ternary

@@ -178,6 +178,11 @@ impl I2sBase3Weights {
         &self.bytes
     }
 
+    /// The layout and the packed bytes, without a copy.
+    pub fn into_parts(self) -> (TernaryLayout, Vec<u8>) {
+        (self.layout, self.bytes)
+    }
+
     /// The I2_S weights alone.
     pub fn to_i2s(&self) -> Result<I2sWeights> {
         let i2s = self.view().i2s();

@@ -155,33 +155,34 @@ pub struct TernaryWeight {
 impl TernaryWeight {
     /// Uploads host-packed weights to `device` as a `U8` tensor.
     pub fn from_i2s(weights: &I2sWeights, device: &Device) -> Self {
-        Self::upload(weights.layout(), weights.codes(), device)
+        Self::upload(weights.layout(), weights.codes().to_vec(), device)
     }
 
     /// Uploads weights in the LUT kernel's format.
     pub fn from_lut(weights: &LutWeights, device: &Device) -> Self {
-        Self::upload(weights.layout(), weights.bytes(), device)
+        Self::upload(weights.layout(), weights.bytes().to_vec(), device)
     }
 
     /// Uploads weights in the I2_S + base-3 format.
     pub fn from_i2s_base3(weights: &I2sBase3Weights, device: &Device) -> Self {
-        Self::upload(weights.layout(), weights.bytes(), device)
+        Self::upload(weights.layout(), weights.bytes().to_vec(), device)
     }
 
     /// Uploads I2_S weights in the format `BITNET_KERNEL` picks for them (`auto`: the faster
-    /// kernel family on this shape, measured once per shape).
-    pub fn from_i2s_selected(weights: &I2sWeights, device: &Device) -> Result<Self> {
-        Ok(match KernelChoice::selected()?.format_for(weights)? {
-            PackedFormat::I2s => Self::from_i2s(weights, device),
-            PackedFormat::Lut => Self::from_lut(&LutWeights::from_i2s(weights.view()), device),
-            PackedFormat::I2sBase3 => {
-                Self::from_i2s_base3(&I2sBase3Weights::from_i2s(weights), device)
-            }
-        })
+    /// kernel family on this shape, measured once per shape). Takes the weights so that their
+    /// bytes (or the other format's, built from them) become the tensor without a second copy
+    /// of the model's codes.
+    pub fn from_i2s_selected(weights: I2sWeights, device: &Device) -> Result<Self> {
+        let (layout, bytes) = match KernelChoice::selected()?.format_for(&weights)? {
+            PackedFormat::I2s => weights.into_parts(),
+            PackedFormat::Lut => LutWeights::from_i2s(weights.view()).into_parts(),
+            PackedFormat::I2sBase3 => I2sBase3Weights::from_i2s(&weights).into_parts(),
+        };
+        Ok(Self::upload(layout, bytes, device))
     }
 
-    fn upload(layout: TernaryLayout, bytes: &[u8], device: &Device) -> Self {
-        let data = TensorData::new(bytes.to_vec(), [layout.packed_rows(), layout.row_bytes()]);
+    fn upload(layout: TernaryLayout, bytes: Vec<u8>, device: &Device) -> Self {
+        let data = TensorData::new(bytes, [layout.packed_rows(), layout.row_bytes()]);
         Self {
             packed: Tensor::from_data(data, (device, DType::U8)),
             layout,

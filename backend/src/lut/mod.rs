@@ -135,6 +135,11 @@ impl LutWeights {
     pub fn bytes(&self) -> &[u8] {
         &self.indices
     }
+
+    /// The layout and the index bytes, without a copy.
+    pub fn into_parts(self) -> (TernaryLayout, Vec<u8>) {
+        (self.layout, self.indices)
+    }
 }
 
 /// Borrowed LUT-layout weights (what the kernels read, e.g. straight from a Burn tensor).
