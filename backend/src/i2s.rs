@@ -134,7 +134,9 @@ impl TernaryLayout {
         }
     }
 
-    /// Packed bytes of one row that a decode step (one token) reads.
+    /// Packed bytes of one row that a decode step (one token) reads: for
+    /// [`PackedFormat::I2sBase3`] its base-3 row, as the AVX-512 and scalar paths read it (AVX2
+    /// reads the I2_S row, [`crate::base3`]).
     pub fn decode_row_bytes(&self) -> usize {
         match self.format {
             PackedFormat::I2s | PackedFormat::Lut => self.row_bytes(),
