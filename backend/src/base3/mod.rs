@@ -150,12 +150,12 @@ impl I2sBase3Weights {
         let view = I2sBase3View::new(layout.with_format(PackedFormat::I2sBase3), &bytes)?;
         let i2s = I2sWeights::from_codes(view.i2s().layout, view.i2s().codes.to_vec())?;
         let rebuilt = Self::from_i2s(&i2s);
-        if rebuilt.bytes != bytes {
-            let index = rebuilt.bytes.iter().zip(&bytes).position(|(a, b)| a != b);
-            return Err(TernaryError::Shape(format!(
-                "the base-3 copy differs from the I2_S weights (byte {})",
-                index.unwrap_or_default()
-            )));
+        if let Some(index) = rebuilt.bytes.iter().zip(&bytes).position(|(a, b)| a != b) {
+            return Err(TernaryError::InvalidTernary {
+                what: "I2_S + base-3 weights (the base-3 copy differs from the I2_S codes)",
+                value: bytes[index] as i32,
+                index,
+            });
         }
         Ok(rebuilt)
     }
