@@ -1,9 +1,9 @@
 //! Ternary kernel benchmarks: GEMV (one token, decode) and GEMM (128 tokens, prefill) on the
 //! weight shapes of the 700M dummy, BitNet b1.58 2B4T and Llama3-8B, for 1 and 2 threads and
-//! every instruction set this CPU has and both kernel families (I2_S and `lut-*`), next to
-//! Burn's own f32 matmul on Flex; then a decode
-//! sweep over the 700M and 3B stacks of layers (0.17 and 0.81 GB of packed weights) and
-//! the 3B layout's LM head in F16 and int8.
+//! every instruction set this CPU has and the kernel families (I2_S, `lut-*`, and for one token
+//! `base3-*`, the base-3 decode copy), next to Burn's own f32 matmul on Flex; then a decode
+//! sweep over the 700M and 3B stacks of layers (0.17 and 0.81 GB of packed weights in I2_S,
+//! 0.14 and 0.65 GB in base-3) and the 3B layout's LM head in F16 and int8.
 //!
 //! `cargo bench --bench kernels` (all), `cargo bench --bench kernels -- sweep` (the sweep only).
 //! Throughput is reported as ternary multiply-accumulates per second (`elem/s`) for the kernel
@@ -15,10 +15,11 @@ use std::time::Duration;
 use bitnet_backend::kernels::{
     ROOFLINE_PRODUCTS_PER_STEP, ternary_linear_quantized, vpdpbusd_roofline,
 };
+use bitnet_backend::base3::{i2s_base3_linear_group_quantized, reads_base3};
 use bitnet_backend::lut::lut_linear_quantized;
 use bitnet_backend::{
-    ActivationScale, HalfMatrix, I2sWeights, Int8Matrix, Isa, LutWeights, QuantizedActivations,
-    ScaleConvention, TernaryLayout,
+    ActivationScale, HalfMatrix, I2sBase3Weights, I2sWeights, Int8Matrix, Isa, LutWeights,
+    QuantizedActivations, ScaleConvention, TernaryLayout,
 };
 use burn::tensor::{Device, Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -91,6 +92,8 @@ fn kernels(c: &mut Criterion) {
             let weights = random_weights(n, k, (n * k) as u64);
             let x = random_activations(m, k, weights.layout().k_padded(), 7);
             let lut = LutWeights::from_i2s(weights.view());
+            // Only decode (one token) reads the base-3 copy; prefill runs the I2_S kernels.
+            let base3 = (m == 1).then(|| I2sBase3Weights::from_i2s(&weights));
             group.throughput(Throughput::Elements((m * n * k) as u64));
             for threads in THREADS {
                 let pool = pool(threads);
@@ -117,6 +120,23 @@ fn kernels(c: &mut Criterion) {
                             pool.install(|| lut_linear_quantized(isa, lut.view(), black_box(&x)))
                         })
                     });
+                    if let Some(base3) = base3.as_ref().filter(|_| reads_base3(isa)) {
+                        let id = BenchmarkId::new(
+                            format!("base3-{isa}/t{threads}"),
+                            format!("{model} {n}x{k}"),
+                        );
+                        group.bench_function(id, |b| {
+                            b.iter(|| {
+                                pool.install(|| {
+                                    i2s_base3_linear_group_quantized(
+                                        isa,
+                                        &[base3.view()],
+                                        black_box(&x),
+                                    )
+                                })
+                            })
+                        });
+                    }
                 }
                 let device = Device::flex();
                 let xf = Tensor::<2>::from_data(
@@ -147,7 +167,8 @@ fn kernels(c: &mut Criterion) {
 
 /// GEMV over every BitLinear of the 700M and 3B dummy layouts (hidden, FFN, layers: 1536,
 /// 4096, 24 and 3200, 8640, 26), one matrix after the other as decode reads them: 0.17 and
-/// 0.81 GB of packed weights, far beyond any cache.
+/// 0.81 GB of packed weights, far beyond any cache; then the same from the base-3 copies
+/// (`base3-*`, 0.14 and 0.65 GB read). Throughput is the bytes the format's decode reads.
 fn decode_sweep(c: &mut Criterion) {
     let mut group = c.benchmark_group("sweep");
     group
@@ -172,29 +193,56 @@ fn decode_sweep(c: &mut Criterion) {
             })
             .map(|(seed, n, k)| random_weights(n, k, seed as u64))
             .collect();
-        let bytes: usize = stack.iter().map(|w| w.codes().len()).sum();
         let inputs: Vec<QuantizedActivations> = [hidden, ffn]
             .iter()
             .map(|&k| random_activations(1, k, k.div_ceil(128) * 128, 3))
             .collect();
-        group.throughput(Throughput::Bytes(bytes as u64));
-        for threads in THREADS {
-            let pool = pool(threads);
-            for isa in Isa::supported().into_iter().filter(|&i| i != Isa::Scalar) {
-                let id = BenchmarkId::new(format!("{isa}/t{threads}"), format!("{name} layers"));
-                group.bench_function(id, |b| {
-                    b.iter(|| {
-                        pool.install(|| {
-                            for w in &stack {
-                                let x = &inputs[usize::from(w.layout().k != hidden)];
-                                black_box(
-                                    ternary_linear_quantized(isa, w.view(), x)
-                                        .expect("valid shapes"),
-                                );
-                            }
-                        })
-                    })
-                });
+        let input = |k: usize| &inputs[usize::from(k != hidden)];
+        let base3: Vec<I2sBase3Weights> = stack.iter().map(I2sBase3Weights::from_i2s).collect();
+        type Sweep<'a> = Box<dyn Fn(Isa) + Sync + 'a>;
+        // (name prefix, bytes a sweep reads, which paths read them, the sweep)
+        type Format<'a> = (&'a str, usize, fn(Isa) -> bool, Sweep<'a>);
+        let formats: [Format; 2] = [
+            (
+                "",
+                stack.iter().map(|w| w.codes().len()).sum(),
+                |isa| isa != Isa::Scalar,
+                Box::new(|isa| {
+                    for w in &stack {
+                        let x = input(w.layout().k);
+                        black_box(ternary_linear_quantized(isa, w.view(), x).expect("valid"));
+                    }
+                }),
+            ),
+            (
+                "base3-",
+                base3
+                    .iter()
+                    .map(|w| w.layout().n * w.layout().decode_row_bytes())
+                    .sum(),
+                // AVX2 decodes base-3 layers from their I2_S copy: that is the sweep above.
+                |isa| isa != Isa::Scalar && reads_base3(isa),
+                Box::new(|isa| {
+                    for w in &base3 {
+                        let x = input(w.layout().k);
+                        black_box(
+                            i2s_base3_linear_group_quantized(isa, &[w.view()], x).expect("valid"),
+                        );
+                    }
+                }),
+            ),
+        ];
+        for (prefix, bytes, timed, sweep) in &formats {
+            group.throughput(Throughput::Bytes(*bytes as u64));
+            for threads in THREADS {
+                let pool = pool(threads);
+                for isa in Isa::supported().into_iter().filter(|&isa| timed(isa)) {
+                    let id = BenchmarkId::new(
+                        format!("{prefix}{isa}/t{threads}"),
+                        format!("{name} layers"),
+                    );
+                    group.bench_function(id, |b| b.iter(|| pool.install(|| sweep(isa))));
+                }
             }
         }
     }

@@ -275,7 +275,7 @@ impl DecodeRows for Base3Rows<'_> {
 
 /// Whether `isa` decodes from the base-3 copy (AVX2 reads I2_S: `vpmaddubsw` would saturate on
 /// the stored bytes, and decoding trits costs more than the bytes it saves).
-fn reads_base3(isa: Isa) -> bool {
+pub fn reads_base3(isa: Isa) -> bool {
     matches!(isa, Isa::Scalar | Isa::Avx512Vnni)
 }
 
