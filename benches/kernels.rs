@@ -12,10 +12,10 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use bitnet_backend::base3::{i2s_base3_linear_group_quantized, reads_base3};
 use bitnet_backend::kernels::{
     ROOFLINE_PRODUCTS_PER_STEP, ternary_linear_quantized, vpdpbusd_roofline,
 };
-use bitnet_backend::base3::{i2s_base3_linear_group_quantized, reads_base3};
 use bitnet_backend::lut::lut_linear_quantized;
 use bitnet_backend::{
     ActivationScale, HalfMatrix, I2sBase3Weights, I2sWeights, Int8Matrix, Isa, LutWeights,

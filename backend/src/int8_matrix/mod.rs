@@ -15,7 +15,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Result, TernaryError};
-use crate::kernels::Isa;
+use crate::kernels::{Isa, prefetch};
 use crate::quant::{ActivationScale, quantize_row, round_to_i8};
 use crate::vectorize::{FloatLoop, vectorized_on};
 
@@ -136,6 +136,9 @@ impl Int8Matrix {
     }
 }
 
+/// How far ahead of the row multiplied its bytes are requested.
+const PREFETCH_BYTES: usize = 8192;
+
 /// One row's values rounded half to even at `127 / max|row|`; returns the row's scale.
 fn quantize_weight_row(row: &[f32], q: &mut [i8]) -> f32 {
     let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -167,7 +170,12 @@ impl FloatLoop for RowDots<'_> {
 
     #[inline(always)]
     fn run(self) {
-        for (row, sum) in self.values.chunks_exact(self.q.len()).zip(self.sums) {
+        let cols = self.q.len();
+        for (r, (row, sum)) in self.values.chunks_exact(cols).zip(self.sums).enumerate() {
+            // The hardware prefetcher alone streamed the head slower than the ternary layers,
+            // whose kernels request their rows at least this far ahead.
+            let ahead = (r * cols + PREFETCH_BYTES).min(self.values.len());
+            prefetch(&self.values[ahead..(ahead + cols).min(self.values.len())]);
             *sum = row
                 .iter()
                 .zip(self.q)

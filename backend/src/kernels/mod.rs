@@ -143,12 +143,12 @@ trait DecodingKernel {
     ) -> [[i32; T]; R];
 }
 
-/// Asks for the cache lines of `values` ahead of their use, into L1: a hint for float loops
-/// whose rows lie too far apart for the hardware prefetcher.
+/// Asks for the cache lines of `values` ahead of their use, into L1: a hint for loops whose
+/// data lie too far apart, or stream too fast, for the hardware prefetcher.
 #[inline(always)]
-pub(crate) fn prefetch(values: &[f32]) {
+pub(crate) fn prefetch<T>(values: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    for line in values.chunks(16) {
+    for line in values.chunks(64 / size_of::<T>().max(1)) {
         // SAFETY: a prefetch is a hint that never faults, and SSE is in x86-64's baseline.
         unsafe {
             std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
