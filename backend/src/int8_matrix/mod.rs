@@ -172,8 +172,8 @@ impl FloatLoop for RowDots<'_> {
     fn run(self) {
         let cols = self.q.len();
         for (r, (row, sum)) in self.values.chunks_exact(cols).zip(self.sums).enumerate() {
-            // The hardware prefetcher alone streamed the head slower than the ternary layers,
-            // whose kernels request their rows at least this far ahead.
+            // As the ternary kernels do: with the hardware prefetcher alone the 3B head
+            // streamed at 31-32 GiB/s on one Zen 5 core, with this at 33.
             let ahead = (r * cols + PREFETCH_BYTES).min(self.values.len());
             prefetch(&self.values[ahead..(ahead + cols).min(self.values.len())]);
             *sum = row
