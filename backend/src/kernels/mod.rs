@@ -148,7 +148,7 @@ trait DecodingKernel {
 #[inline(always)]
 pub(crate) fn prefetch<T>(values: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    for line in values.chunks(64 / size_of::<T>().max(1)) {
+    for line in values.chunks((64 / size_of::<T>().max(1)).max(1)) {
         // SAFETY: a prefetch is a hint that never faults, and SSE is in x86-64's baseline.
         unsafe {
             std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
