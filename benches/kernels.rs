@@ -3,7 +3,8 @@
 //! every instruction set this CPU has and the kernel families (I2_S, `lut-*`, and for one token
 //! `base3-*`, the base-3 decode copy), next to Burn's own f32 matmul on Flex; then a decode
 //! sweep over the 700M and 3B stacks of layers (0.17 and 0.81 GB of packed weights in I2_S,
-//! 0.14 and 0.65 GB in base-3) and the 3B layout's LM head in F16 and int8.
+//! 0.14 and 0.65 GB in base-3), the 3B layout's LM head in F16 and int8, and the cached
+//! attention of a prefill and a decode step.
 //!
 //! `cargo bench --bench kernels` (all), `cargo bench --bench kernels -- sweep` (the sweep only).
 //! Throughput is reported as ternary multiply-accumulates per second (`elem/s`) for the kernel
@@ -12,6 +13,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use bitnet_backend::attention::{AttentionShape, cached_attention};
 use bitnet_backend::base3::{i2s_base3_linear_group_quantized, reads_base3};
 use bitnet_backend::kernels::{
     ROOFLINE_PRODUCTS_PER_STEP, ternary_linear_quantized, vpdpbusd_roofline,
@@ -292,6 +294,47 @@ fn head(c: &mut Criterion) {
     group.finish();
 }
 
+/// Causal attention over the cache as the 700M and 3B layouts run it (16 heads of 96, 32 of
+/// 100): a 128-token prefill into an empty cache, and one decode step at position 255. The
+/// path is the detected one (`BITNET_ISA` forces another). Throughput is the multiply-adds of
+/// the scores and the weighted sum over the positions each row sees.
+fn attention(c: &mut Criterion) {
+    let mut group = c.benchmark_group("attention");
+    group.sample_size(20);
+    for (model, heads, dim) in [("700M", 16, 96), ("3B", 32, 100)] {
+        for (test, start, len) in [("pp128", 0, 128), ("tg@255", 255, 1)] {
+            let shape = AttentionShape {
+                batch: 1,
+                kv_heads: heads,
+                rows: len,
+                dim,
+                capacity: start + len,
+                start,
+                len,
+            };
+            let random = |count: usize, seed: u64| -> Vec<f32> {
+                random_bytes(count, seed)
+                    .into_iter()
+                    .map(|b| b as f32 / 64.0 - 2.0)
+                    .collect()
+            };
+            let q = random(heads * len * dim, 7);
+            let keys = random(heads * (start + len) * dim, 8);
+            let values = random(keys.len(), 9);
+            let seen: usize = (start + 1..=start + len).sum();
+            group.throughput(Throughput::Elements((2 * heads * seen * dim) as u64));
+            for threads in THREADS {
+                let pool = pool(threads);
+                let id = BenchmarkId::new(format!("{test}/t{threads}"), model);
+                group.bench_function(id, |b| {
+                    b.iter(|| pool.install(|| cached_attention(&q, &keys, &values, shape)))
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
 /// The `vpdpbusd` peak of one core (sixteen independent chains on registers), in products per
 /// second like `gemm128`: what the prefill kernel's rate is a fraction of.
 fn roofline(c: &mut Criterion) {
@@ -312,5 +355,5 @@ fn roofline(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, kernels, decode_sweep, head, roofline);
+criterion_group!(benches, kernels, decode_sweep, head, attention, roofline);
 criterion_main!(benches);

@@ -11,7 +11,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::glu::exp_non_positive;
-use crate::vectorize::{FloatLoop, lane_dot, lane_sum, vectorized};
+use crate::vectorize::{FloatLoop, lane_dot, lane_max, lane_sum, vectorized};
 
 /// Most query rows per rayon task (a decode step has one row per query head, so its tasks get
 /// fewer, enough for every thread to share the keys and values to stream; a prefill's tasks
@@ -259,7 +259,7 @@ impl Attention<'_> {
         }
         for (scores, &seen) in scores.iter_mut().zip(&seen) {
             scores.truncate(seen);
-            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let max = lane_max(scores);
             for s in scores.iter_mut() {
                 *s = exp_non_positive(*s - max);
             }
@@ -334,19 +334,28 @@ fn score_passes<const N: usize, const R: usize>(
 }
 
 /// `out[r][c] = sum_p probabilities[r][p] * values[p][c]` for the `R` rows (each over its own
-/// positions), each sum in order of `p`: sixty-four columns per pass, then 32, 16 and one
-/// (head widths are 64, 96, 100, 128; a pass of 32 keeps eight chains of additions for four
-/// rows where two of 16 kept four).
+/// positions), each sum in order of `p`: sixty-four columns per pass, then 32, 16, and the
+/// last sixteen again for what is left (head widths are 64, 96, 100, 128; a pass of 32 keeps
+/// eight chains of additions for four rows where two of 16 kept four).
 #[inline(always)]
 fn weighted_sum<const R: usize>(
     probabilities: &[Vec<f32>],
     values: &[f32],
     out: &mut [&mut [f32]],
 ) {
+    let dim = out[0].len();
     let mut done = weighted_passes::<PASS, R>(probabilities, values, 0, out);
     done += weighted_passes::<32, R>(probabilities, values, done, out);
     done += weighted_passes::<16, R>(probabilities, values, done, out);
-    weighted_passes::<1, R>(probabilities, values, done, out);
+    if done < dim && dim >= 16 {
+        // The last sixteen columns again, overlapping the passes before: the columns computed
+        // twice get the same bits (same sums in the same order), and the few left over do not
+        // take one latency-bound chain of scalar additions each (as long as the rest of a 3B
+        // head's sum).
+        weighted_passes::<16, R>(probabilities, values, dim - 16, out);
+    } else {
+        weighted_passes::<1, R>(probabilities, values, done, out);
+    }
 }
 
 /// [`weighted_sum`] for the whole passes of `N` columns from column `offset` on, returning how
@@ -398,9 +407,15 @@ fn transpose(keys: &[f32], dim: usize, kt: &mut Vec<f32>) {
     let stride = (keys.len() / dim).next_multiple_of(PASS);
     kt.clear();
     kt.resize(stride * dim, 0.0);
-    for (p, key) in keys.chunks_exact(dim).enumerate() {
-        for (c, &k) in key.iter().enumerate() {
-            kt[c * stride + p] = k;
+    // Sixteen positions at a time, so each column gets one contiguous store of them rather
+    // than sixteen stores a row of the transposed keys apart (a tenth of a prefill's attention).
+    for (block, keys) in keys.chunks(TAIL_PASS * dim).enumerate() {
+        let p0 = block * TAIL_PASS;
+        for c in 0..dim {
+            let column = &mut kt[c * stride + p0..][..TAIL_PASS];
+            for (k, key) in column.iter_mut().zip(keys.chunks_exact(dim)) {
+                *k = key[c];
+            }
         }
     }
 }
@@ -491,6 +506,7 @@ mod tests {
         // One row per query head in decode; a grouped decode of two heads.
         check(1, 100, 1);
         check(2, 37, 1);
+        check(1, 8, 1);
     }
 
     #[test]
@@ -499,5 +515,6 @@ mod tests {
         check(12, 37, 4);
         check(17, 96, 17);
         check(8, 128, 2);
+        check(12, 8, 4);
     }
 }

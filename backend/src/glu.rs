@@ -110,7 +110,9 @@ pub(crate) fn exp_non_positive(x: f32) -> f32 {
     const SMALLEST: f32 = -87.33655; // ln of the smallest normal f32
     // 1.5 * 2^23: adding it rounds to an integer, which then sits in the low mantissa bits.
     const SHIFTER: f32 = 12_582_912.0;
-    let clamped = x.max(SMALLEST);
+    // A comparison rather than `f32::max`, whose NaN rule costs a compare and a blend per
+    // vector; for a NaN `x` both give `SMALLEST`.
+    let clamped = if x > SMALLEST { x } else { SMALLEST };
     let shifted = clamped * LOG2_E + SHIFTER;
     let n = shifted - SHIFTER;
     let r = clamped - n * LN2_HI - n * LN2_LO;
