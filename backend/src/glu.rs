@@ -31,7 +31,8 @@ impl FfnActivation {
         match self {
             Self::Silu => gate * sigmoid(gate) * up,
             Self::Relu2 => {
-                let r = gate.max(0.0);
+                // A comparison, as in `exp_non_positive`: NaN gives 0 either way.
+                let r = if gate > 0.0 { gate } else { 0.0 };
                 r * r * up
             }
         }

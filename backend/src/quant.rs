@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use crate::vectorize::{FloatLoop, vectorized};
+use crate::vectorize::{FloatLoop, lane_max_by, vectorized};
 
 /// Smallest `amax` used for the scale, so an all-zero row quantizes to zeros instead of NaN.
 pub const AMAX_FLOOR: f32 = 1e-5;
@@ -141,20 +141,10 @@ impl FloatLoop for QuantizeRow<'_> {
     }
 }
 
-/// `max(|x|)` (0 for an empty slice; NaN values are skipped, as `f32::max` does) in sixteen
-/// independent lanes. One running maximum is a chain the compiler must keep in order, one value
-/// at a time; the maximum of a set does not depend on the order, so the lanes give its bits.
+/// `max(|x|)` (0 for an empty slice; NaN values are skipped, as `f32::max` does).
 #[inline(always)]
 fn abs_max(x: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let blocks = x.chunks_exact(16);
-    let rest = blocks.remainder().iter().fold(0f32, |a, v| a.max(v.abs()));
-    for block in blocks {
-        for (lane, &v) in lanes.iter_mut().zip(block) {
-            *lane = lane.max(v.abs());
-        }
-    }
-    lanes.iter().fold(rest, |a, &v| a.max(v))
+    lane_max_by(x, 0.0, f32::abs)
 }
 
 /// `y.round_ties_even() as i8` for `y` in [-128, 127], and 0 for NaN, in operations the

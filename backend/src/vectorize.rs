@@ -74,22 +74,29 @@ pub(crate) fn lane_sum(x: &[f32]) -> f32 {
     reduce_lanes(lanes)
 }
 
-/// `max(x)` (`-inf` for none) in sixteen lanes. The comparison, unlike `f32::max`, is one
-/// vector instruction; like it, it passes over NaNs.
+/// `max(x)` (`-inf` for none) in sixteen lanes; see [`lane_max_by`].
 #[inline(always)]
 pub(crate) fn lane_max(x: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; LANES];
+    lane_max_by(x, f32::NEG_INFINITY, |v| v)
+}
+
+/// `max(floor, f(v) for v in x)`, NaNs passed over as `f32::max` does, in sixteen lanes: one
+/// running maximum is a chain kept in order, and the maximum of a set does not depend on the
+/// order. Each lane keeps its value by a comparison, one vector instruction where `f32::max`'s
+/// NaN rule adds a compare and a blend.
+#[inline(always)]
+pub(crate) fn lane_max_by(x: &[f32], floor: f32, f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [floor; LANES];
     let blocks = x.chunks_exact(LANES);
     let rest = blocks.remainder();
     for block in blocks {
         for (lane, &v) in lanes.iter_mut().zip(block) {
+            let v = f(v);
             *lane = if v > *lane { v } else { *lane };
         }
     }
-    lanes
-        .into_iter()
-        .chain(rest.iter().copied())
-        .fold(f32::NEG_INFINITY, f32::max)
+    let rest = rest.iter().map(|&v| f(v));
+    lanes.into_iter().chain(rest).fold(floor, f32::max)
 }
 
 /// Lanes of the sums above: one 512-bit register.
