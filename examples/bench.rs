@@ -1,9 +1,10 @@
 //! End-to-end speed like llama-bench and bitnet.cpp's e2e_benchmark.py: prompt processing
 //! (`ppP`: one batched prefill of P tokens) and text generation (`tgN`: N one-token decode
-//! steps), per thread count, after a warm-up.
+//! steps), per thread count, after a warm-up; with `-d D` both at a depth of D positions
+//! already in the cache (llama-bench's `-d`: `pp128 @ d512`), where attention reads more.
 //!
 //! ```text
-//! cargo run --release --example bench -- -m MODEL -p 128 -n 64 -t 1,2 -r 5 [--json]
+//! cargo run --release --example bench -- -m MODEL -p 128 -n 64 -t 1,2 -r 5 [-d 512] [--json]
 //! ```
 //! The markdown table (or, with `--json`, an array of
 //! `{"test", "threads", "mean_tps", "sd_tps", "reps", ...}`) goes to stdout. Decode rows also
@@ -16,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use bitnet_backend::KernelChoice;
-use bitnet_model::BitNetModel;
+use bitnet_model::{BitNetModel, KvCache};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Parser;
 use rayon::prelude::*;
@@ -38,6 +39,10 @@ struct Args {
     /// Generated tokens of the decode test (0: skip it).
     #[arg(short = 'n', long = "n-gen", default_value_t = 64)]
     n_gen: usize,
+    /// Positions already in the cache when each test starts (prefilled untimed with one
+    /// batched prefill), as llama-bench's `-d`: the rows are named `pp128 @ d512`.
+    #[arg(short = 'd', long = "n-depth", default_value_t = 0)]
+    n_depth: usize,
     /// Thread counts to test, e.g. 1,2.
     #[arg(short, long, value_delimiter = ',', default_value = "1,2")]
     threads: Vec<usize>,
@@ -80,13 +85,31 @@ fn run(args: Args) -> Result<()> {
     let model_bytes = model_bytes(&dir)?;
     // The kernel family the layers were packed for (`BITNET_KERNEL`, checked by the load).
     let kernel = KernelChoice::selected()?.to_string();
+    let depth = args.n_depth;
+    let at_depth = |name: String| match depth {
+        0 => name,
+        d => format!("{name} @ d{d}"),
+    };
     let tests: Vec<(String, usize, bool)> = [
-        (format!("pp{}", args.n_prompt), args.n_prompt, true),
-        (format!("tg{}", args.n_gen), args.n_gen, false),
+        (
+            at_depth(format!("pp{}", args.n_prompt)),
+            args.n_prompt,
+            true,
+        ),
+        (at_depth(format!("tg{}", args.n_gen)), args.n_gen, false),
     ]
     .into_iter()
     .filter(|(_, tokens, _)| *tokens > 0)
     .collect();
+    // A cache beyond the trained context would be allocated whole (and, far enough, fail).
+    let context = model.config.max_position_embeddings;
+    if let Some((name, tokens, _)) = tests.iter().find(|(_, t, _)| depth + t > context) {
+        bail!(
+            "{name} needs {} positions but the model's context is {context} \
+             (max_position_embeddings): lower -d/--n-depth, -p or -n",
+            depth + tokens
+        );
+    }
 
     let mut rows = Vec::new();
     for &threads in &args.threads {
@@ -97,9 +120,9 @@ fn run(args: Args) -> Result<()> {
         for (name, tokens, prefill) in &tests {
             let run_once = || {
                 if *prefill {
-                    time_prefill(&model, *tokens, &device)
+                    time_prefill(&model, *tokens, depth, &device)
                 } else {
-                    time_decode(&model, *tokens, &device)
+                    time_decode(&model, *tokens, depth, &device)
                 }
             };
             pool.install(run_once)?;
@@ -116,14 +139,17 @@ fn run(args: Args) -> Result<()> {
                 "kernel": kernel,
                 "backend": format!("{:?}", args.device).to_lowercase(),
                 "test": name,
+                "n_depth": depth,
                 "threads": threads,
                 "mean_tps": mean,
                 "sd_tps": sd,
                 "reps": args.repetitions,
             });
             if !*prefill {
-                // Step i attends i + 1 positions: the mean step reads the mean of the ends.
-                let bytes = (model.decode_bytes(0) + model.decode_bytes(*tokens - 1)) / 2;
+                // Step i attends depth + i + 1 positions: the mean step reads the mean of the
+                // ends.
+                let bytes =
+                    (model.decode_bytes(depth) + model.decode_bytes(depth + tokens - 1)) / 2;
                 row["read_bytes_per_token"] = json!(bytes);
                 row["read_gbps"] = json!(bytes as f64 * mean / 1e9);
             }
@@ -145,30 +171,50 @@ fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Seconds for one prefill of `tokens` tokens into an empty cache.
-fn time_prefill(model: &BitNetModel, tokens: usize, device: &Device) -> Result<f64> {
-    let vocab = model.config.vocab_size as i64;
-    let ids: Vec<i64> = (0..tokens as i64).map(|i| (i * 7 + 1) % vocab).collect();
-    let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, tokens]), device);
-    let mut cache = model.new_cache(1, tokens);
+/// Seconds for one prefill of `tokens` tokens after `depth` cached positions.
+fn time_prefill(model: &BitNetModel, tokens: usize, depth: usize, device: &Device) -> Result<f64> {
+    let mut cache = cache_at_depth(model, depth, tokens, device)?;
+    let input = prompt(model, depth, tokens, device);
     let start = Instant::now();
     model.forward_last(input, &mut cache)?.into_data();
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// Seconds for `tokens` one-token decode steps from an empty cache.
-fn time_decode(model: &BitNetModel, tokens: usize, device: &Device) -> Result<f64> {
-    let mut cache = model.new_cache(1, tokens);
-    let vocab = model.config.vocab_size as i64;
+/// Seconds for `tokens` one-token decode steps after `depth` cached positions.
+fn time_decode(model: &BitNetModel, tokens: usize, depth: usize, device: &Device) -> Result<f64> {
+    let mut cache = cache_at_depth(model, depth, tokens, device)?;
     let start = Instant::now();
-    for step in 0..tokens as i64 {
-        let input = Tensor::<2, Int>::from_data(
-            TensorData::new(vec![(step * 7 + 1) % vocab], [1, 1]),
-            device,
-        );
-        model.forward_last(input, &mut cache)?.into_data();
+    for step in depth..depth + tokens {
+        model
+            .forward_last(prompt(model, step, 1, device), &mut cache)?
+            .into_data();
     }
     Ok(start.elapsed().as_secs_f64())
+}
+
+/// A cache with room for `tokens` more positions after `depth` filled ones (untimed).
+fn cache_at_depth(
+    model: &BitNetModel,
+    depth: usize,
+    tokens: usize,
+    device: &Device,
+) -> Result<KvCache> {
+    let mut cache = model.new_cache(1, depth + tokens);
+    if depth > 0 {
+        model
+            .forward_last(prompt(model, 0, depth, device), &mut cache)?
+            .into_data();
+    }
+    Ok(cache)
+}
+
+/// `len` token ids of a fixed pseudo-random text, from position `first` of it: `[1, len]`.
+fn prompt(model: &BitNetModel, first: usize, len: usize, device: &Device) -> Tensor<2, Int> {
+    let vocab = model.config.vocab_size as i64;
+    let ids: Vec<i64> = (first as i64..(first + len) as i64)
+        .map(|i| (i * 7 + 1) % vocab)
+        .collect();
+    Tensor::from_data(TensorData::new(ids, [1, len]), device)
 }
 
 /// Words of the buffer the read bandwidth is measured on: 1 GiB, far beyond any cache.

@@ -69,12 +69,39 @@ fn bench_reports_prefill_and_decode_per_thread_count() {
 }
 
 #[test]
+fn bench_at_a_depth_names_the_rows_and_reads_the_longer_cache() {
+    let rows = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = run_example("bench", args, "");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let flat = rows(&["-p", "0", "-n", "2", "-t", "1", "-r", "1", "--json"]);
+    let deep = rows(&[
+        "-d", "100", "-p", "4", "-n", "2", "-t", "1", "-r", "1", "--json",
+    ]);
+    let names: Vec<&str> = deep.iter().map(|r| r["test"].as_str().unwrap()).collect();
+    assert_eq!(names, ["pp4 @ d100", "tg2 @ d100"]);
+    assert!(
+        deep.iter()
+            .all(|r| r["n_depth"] == 100 && r["mean_tps"].as_f64().unwrap() > 0.0)
+    );
+    assert_eq!(flat[0]["n_depth"], 0);
+    // Each step at depth 100 attends 100 more positions' keys and values.
+    let bytes = |r: &serde_json::Value| r["read_bytes_per_token"].as_u64().unwrap();
+    assert!(bytes(&deep[1]) > bytes(&flat[0]), "{deep:?} {flat:?}");
+}
+
+#[test]
 fn bad_bench_flags_are_one_line_errors() {
     for (args, needle) in [
         (vec!["-t", "0"], "--threads"),
         (vec!["-r", "0"], "--repetitions"),
         (vec!["-p", "0", "-n", "0"], "nothing to run"),
         (vec!["-m", "/no/model"], "/no/model"),
+        // The demo model's context is 128 positions.
+        (vec!["-d", "125", "-p", "4"], "max_position_embeddings"),
+        (vec!["-p", "0", "-n", "129"], "tg129 needs 129 positions"),
     ] {
         let out = run_example("bench", &args, "");
         let log = String::from_utf8_lossy(&out.stderr);
