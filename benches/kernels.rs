@@ -295,14 +295,20 @@ fn head(c: &mut Criterion) {
 }
 
 /// Causal attention over the cache as the 700M and 3B layouts run it (16 heads of 96, 32 of
-/// 100): a 128-token prefill into an empty cache, and one decode step at position 255. The
-/// path is the detected one (`BITNET_ISA` forces another). Throughput is the multiply-adds of
-/// the scores and the weighted sum over the positions each row sees.
+/// 100): a 128-token prefill into an empty cache and after 512 cached positions, and one
+/// decode step after 255 (named as `bench -d` names them). The path is the detected one
+/// (`BITNET_ISA` forces another). Throughput is the multiply-adds of the scores and the
+/// weighted sum over the positions each row sees.
 fn attention(c: &mut Criterion) {
     let mut group = c.benchmark_group("attention");
     group.sample_size(20);
     for (model, heads, dim) in [("700M", 16, 96), ("3B", 32, 100)] {
-        for (test, start, len) in [("pp128", 0, 128), ("tg@255", 255, 1)] {
+        let tests = [
+            ("pp128", 0, 128),
+            ("pp128@d512", 512, 128),
+            ("tg1@d255", 255, 1),
+        ];
+        for (test, start, len) in tests {
             let shape = AttentionShape {
                 batch: 1,
                 kv_heads: heads,
