@@ -243,12 +243,7 @@ impl Attention<'_> {
                 transpose(keys, dim, &mut scratch.kt);
                 scratch.kt_head = head;
             }
-            column_scores::<R>(queries, &scratch.kt, most, scores);
-            for scores in scores.iter_mut() {
-                for score in scores.iter_mut() {
-                    *score *= self.scale;
-                }
-            }
+            column_scores::<R>(queries, &scratch.kt, most, self.scale, scores);
         } else {
             // One row: a plain loop, as an iterator adapter's closure would be a call compiled
             // without the path's features.
@@ -284,14 +279,16 @@ const TAIL_PASS: usize = 16;
 /// rather than once per row (attention was 7% of a 700M prefill, most of it those loads).
 const BLOCK_ROWS: usize = 4;
 
-/// `scores[r][p] = sum_c queries[r][c] * kt[c][p]` for the `R` rows of `queries` and `p < most`
-/// (`kt` is `[dim, stride]`, `stride` a multiple of [`PASS`]), each sum in order of `c`,
-/// sixty-four positions per pass, then sixteen.
+/// `scores[r][p] = (sum_c queries[r][c] * kt[c][p]) * scale` for the `R` rows of `queries` and
+/// `p < most` (`kt` is `[dim, stride]`, `stride` a multiple of [`PASS`]), each sum in order of
+/// `c`, sixty-four positions per pass, then sixteen; scaled as each pass stores its sums rather
+/// than in a pass of its own over the scores.
 #[inline(always)]
 fn column_scores<const R: usize>(
     queries: &[f32],
     kt: &[f32],
     most: usize,
+    scale: f32,
     scores: &mut [Vec<f32>],
 ) {
     let end = most.next_multiple_of(TAIL_PASS);
@@ -299,8 +296,8 @@ fn column_scores<const R: usize>(
         scores.clear();
         scores.resize(end, 0.0);
     }
-    let wide = score_passes::<PASS, R>(queries, kt, 0..end, scores);
-    score_passes::<TAIL_PASS, R>(queries, kt, wide..end, scores);
+    let wide = score_passes::<PASS, R>(queries, kt, 0..end, scale, scores);
+    score_passes::<TAIL_PASS, R>(queries, kt, wide..end, scale, scores);
 }
 
 /// [`column_scores`] for the whole passes of `N` positions in `positions`, returning where
@@ -310,6 +307,7 @@ fn score_passes<const N: usize, const R: usize>(
     queries: &[f32],
     kt: &[f32],
     positions: Range<usize>,
+    scale: f32,
     scores: &mut [Vec<f32>],
 ) -> usize {
     let dim = queries.len() / R;
@@ -327,7 +325,9 @@ fn score_passes<const N: usize, const R: usize>(
             }
         }
         for (scores, acc) in scores.iter_mut().zip(&acc) {
-            scores[p0..][..N].copy_from_slice(acc);
+            for (score, &sum) in scores[p0..][..N].iter_mut().zip(acc) {
+                *score = sum * scale;
+            }
         }
     }
     stop
