@@ -8,7 +8,8 @@
 //!
 //! `cargo bench --bench kernels` (all), `cargo bench --bench kernels -- sweep` (the sweep only).
 //! Throughput is reported as ternary multiply-accumulates per second (`elem/s`) for the kernel
-//! groups and as packed weight bytes per second for the sweep.
+//! groups, as bytes read per second for the sweep and the head, and as float multiply-adds per
+//! second for attention.
 
 use std::hint::black_box;
 use std::time::Duration;
