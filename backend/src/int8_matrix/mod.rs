@@ -168,7 +168,7 @@ impl FloatLoop for RowDots<'_> {
     #[inline(always)]
     fn run(self) {
         // No software prefetch: requesting each row 8 KiB ahead into L1 gained 5% on a Zen 5
-        // core (31-32 -> 33 GiB/s on the 3B head) and cost 40% on Zen 4 (23-25 -> 13-14).
+        // core (31-32 -> 33 GiB/s on the 3B head) and cost 40% on Zen 4 (21-25 -> 13-15 GiB/s).
         for (row, sum) in self.values.chunks_exact(self.q.len()).zip(self.sums) {
             *sum = row
                 .iter()
