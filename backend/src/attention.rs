@@ -248,8 +248,9 @@ impl Attention<'_> {
             // One row: a plain loop, as an iterator adapter's closure would be a call compiled
             // without the path's features.
             scores[0].clear();
-            for key in keys.chunks_exact(dim).take(most) {
-                scores[0].push(lane_dot(queries, key) * self.scale);
+            scores[0].resize(most, 0.0);
+            for (score, key) in scores[0].iter_mut().zip(keys.chunks_exact(dim)) {
+                *score = lane_dot(queries, key) * self.scale;
             }
         }
         for (scores, &seen) in scores.iter_mut().zip(&seen) {
@@ -270,6 +271,8 @@ impl Attention<'_> {
 /// Columns a pass of [`column_scores`] and [`weighted_sum`] keeps in registers per query row:
 /// four vectors of sixteen, four independent chains of additions.
 const PASS: usize = 64;
+/// Columns a pass of [`weighted_sum`] keeps in registers for a single query row (decode).
+const DECODE_PASS: usize = 96;
 /// Positions of the narrow passes that finish a block's scores: a causal block's positions
 /// end anywhere, and rounding them up to a whole wide pass computed a third more scores than
 /// a 128-token prefill needs.
@@ -344,7 +347,14 @@ fn weighted_sum<const R: usize>(
     out: &mut [&mut [f32]],
 ) {
     let dim = out[0].len();
-    let mut done = weighted_passes::<PASS, R>(probabilities, values, 0, out);
+    // One decode row keeps six chains in a pass of 96 (the 700M and 3B head widths): one pass
+    // of 64 and one of 32 each waited on the latency of their additions, twice per position.
+    let mut done = if R == 1 {
+        weighted_passes::<DECODE_PASS, R>(probabilities, values, 0, out)
+    } else {
+        0
+    };
+    done += weighted_passes::<PASS, R>(probabilities, values, done, out);
     done += weighted_passes::<32, R>(probabilities, values, done, out);
     done += weighted_passes::<16, R>(probabilities, values, done, out);
     if done < dim && dim >= 16 {
@@ -505,6 +515,9 @@ mod tests {
     fn dot_product_scores_on_every_path() {
         // One row per query head in decode; a grouped decode of two heads.
         check(1, 100, 1);
+        // Head widths a decode pass of 96 covers exactly, or with a pass of 32 after it.
+        check(1, 96, 1);
+        check(1, 128, 1);
         check(2, 37, 1);
         check(1, 8, 1);
     }

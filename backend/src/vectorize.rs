@@ -44,15 +44,24 @@ pub(crate) fn vectorized_on<L: FloatLoop>(isa: Isa, body: L) -> L::Output {
 #[inline(always)]
 pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; LANES];
-    let (blocks_a, blocks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (rest_a, rest_b) = (blocks_a.remainder(), blocks_b.remainder());
-    for (x, y) in blocks_a.zip(blocks_b) {
-        for ((lane, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
-            *lane += x * y;
+    let ((blocks_a, rest_a), (blocks_b, rest_b)) = (a.as_chunks::<LANES>(), b.as_chunks::<LANES>());
+    for (x, y) in blocks_a.iter().zip(blocks_b) {
+        // Fixed-size arrays indexed with constant bounds: the lanes stay in one register
+        // (over zipped iterators they were split across three of different widths).
+        for i in 0..LANES {
+            lanes[i] += x[i] * y[i];
         }
     }
-    for ((lane, &x), &y) in lanes.iter_mut().zip(rest_a).zip(rest_b) {
-        *lane += x * y;
+    if !rest_a.is_empty() {
+        // The tail zero-padded to a whole block: a loop over a variable number of lanes made
+        // the compiler keep them on the stack, a round trip per call. The padding's products
+        // add zeros, which leave every lane as it was.
+        let (mut x, mut y) = ([0f32; LANES], [0f32; LANES]);
+        x[..rest_a.len()].copy_from_slice(rest_a);
+        y[..rest_b.len()].copy_from_slice(rest_b);
+        for i in 0..LANES {
+            lanes[i] += x[i] * y[i];
+        }
     }
     reduce_lanes(lanes)
 }
@@ -61,11 +70,10 @@ pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
 #[inline(always)]
 pub(crate) fn lane_sum(x: &[f32]) -> f32 {
     let mut lanes = [0f32; LANES];
-    let blocks = x.chunks_exact(LANES);
-    let rest = blocks.remainder();
+    let (blocks, rest) = x.as_chunks::<LANES>();
     for block in blocks {
-        for (lane, &v) in lanes.iter_mut().zip(block) {
-            *lane += v;
+        for i in 0..LANES {
+            lanes[i] += block[i];
         }
     }
     for (lane, &v) in lanes.iter_mut().zip(rest) {
@@ -87,12 +95,11 @@ pub(crate) fn lane_max(x: &[f32]) -> f32 {
 #[inline(always)]
 pub(crate) fn lane_max_by(x: &[f32], floor: f32, f: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [floor; LANES];
-    let blocks = x.chunks_exact(LANES);
-    let rest = blocks.remainder();
+    let (blocks, rest) = x.as_chunks::<LANES>();
     for block in blocks {
-        for (lane, &v) in lanes.iter_mut().zip(block) {
-            let v = f(v);
-            *lane = if v > *lane { v } else { *lane };
+        for i in 0..LANES {
+            let v = f(block[i]);
+            lanes[i] = if v > lanes[i] { v } else { lanes[i] };
         }
     }
     let rest = rest.iter().map(|&v| f(v));
