@@ -337,9 +337,10 @@ fn score_passes<const N: usize, const R: usize>(
 }
 
 /// `out[r][c] = sum_p probabilities[r][p] * values[p][c]` for the `R` rows (each over its own
-/// positions), each sum in order of `p`: sixty-four columns per pass, then 32, 16, and the
-/// last sixteen again for what is left (head widths are 64, 96, 100, 128; a pass of 32 keeps
-/// eight chains of additions for four rows where two of 16 kept four).
+/// positions), each sum in order of `p`: for a single row a first pass of 96 columns, then
+/// sixty-four columns per pass, 32, 16, and the last sixteen again for what is left (head
+/// widths are 64, 96, 100, 128; a pass of 32 keeps eight chains of additions for four rows
+/// where two of 16 kept four).
 #[inline(always)]
 fn weighted_sum<const R: usize>(
     probabilities: &[Vec<f32>],
@@ -347,8 +348,8 @@ fn weighted_sum<const R: usize>(
     out: &mut [&mut [f32]],
 ) {
     let dim = out[0].len();
-    // One decode row keeps six chains in a pass of 96 (the 700M and 3B head widths): one pass
-    // of 64 and one of 32 each waited on the latency of their additions, twice per position.
+    // A decode row keeps six chains in a pass of 96 (the 700M and 3B head widths): passes of
+    // 64 and 32 one after the other each waited on the latency of their additions.
     let mut done = if R == 1 {
         weighted_passes::<DECODE_PASS, R>(probabilities, values, 0, out)
     } else {

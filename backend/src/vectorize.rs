@@ -39,10 +39,11 @@ pub(crate) fn vectorized_on<L: FloatLoop>(isa: Isa, body: L) -> L::Output {
     }
 }
 
-/// `sum(a * b)` in sixteen independent lanes, which the compiler keeps in vector registers
-/// (one running sum is a chain it must keep in order).
+/// `sum(a * b)` over slices of one length in sixteen independent lanes, which the compiler
+/// keeps in vector registers (one running sum is a chain it must keep in order).
 #[inline(always)]
 pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len(), "a dot product of slices of one length");
     let mut lanes = [0f32; LANES];
     let ((blocks_a, rest_a), (blocks_b, rest_b)) = (a.as_chunks::<LANES>(), b.as_chunks::<LANES>());
     for (x, y) in blocks_a.iter().zip(blocks_b) {
@@ -54,8 +55,8 @@ pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
     }
     if !rest_a.is_empty() {
         // The tail zero-padded to a whole block: a loop over a variable number of lanes made
-        // the compiler keep them on the stack, a round trip per call. The padding's products
-        // add zeros, which leave every lane as it was.
+        // the compiler keep them on the stack, a round trip per call. The padding adds +0.0,
+        // which leaves every lane as it was (a lane that starts at +0.0 is never -0.0).
         let (mut x, mut y) = ([0f32; LANES], [0f32; LANES]);
         x[..rest_a.len()].copy_from_slice(rest_a);
         y[..rest_b.len()].copy_from_slice(rest_b);
