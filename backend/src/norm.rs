@@ -3,9 +3,7 @@
 //! Burn's `x.square().mean_dim(..) + eps` chain is six single-threaded ops, each allocating a
 //! tensor; in 2-thread prefill the norms then ran while the other thread waited.
 
-use rayon::prelude::*;
-
-use crate::vectorize::{FloatLoop, lane_dot, vectorized};
+use crate::vectorize::{FloatLoop, filled_in_chunks, lane_dot, vectorized};
 
 /// Values per rayon task; a tensor of at most this many runs on the calling thread (decode).
 const TASK_VALUES: usize = 16_384;
@@ -23,24 +21,17 @@ pub fn rms_norm(x: &[f32], weight: &[f32], epsilon: f64) -> Vec<f32> {
         "rows of x must match the weight"
     );
     let epsilon = epsilon as f32;
-    let norm_rows = |(y, x): (&mut [f32], &[f32])| {
+    // Whole rows per task.
+    let task = TASK_VALUES.div_ceil(d) * d;
+    filled_in_chunks(x.len(), task, |index, y| {
+        let x = &x[index * task..][..y.len()];
         vectorized(NormRows {
             y,
             x,
             weight,
             epsilon,
         })
-    };
-    let mut y = vec![0f32; x.len()];
-    if x.len() <= TASK_VALUES {
-        norm_rows((&mut y, x));
-    } else {
-        let task = TASK_VALUES.div_ceil(d) * d;
-        y.par_chunks_mut(task)
-            .zip(x.par_chunks(task))
-            .for_each(norm_rows);
-    }
-    y
+    })
 }
 
 /// RMSNorm of whole rows of `x` into `y`.

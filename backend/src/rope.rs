@@ -3,11 +3,9 @@
 //! Burn's version is five ops (two narrows, a negation, a concatenation, the products and a
 //! sum), each allocating a tensor on one thread, for the queries and the keys of every layer.
 
-use rayon::prelude::*;
-
 use crate::kernels::prefetch;
 use crate::rows::Rows;
-use crate::vectorize::{FloatLoop, vectorized};
+use crate::vectorize::{FloatLoop, filled_in_chunks, vectorized};
 
 /// How many rows ahead of the one rotated the next rows are prefetched.
 const ROWS_AHEAD: usize = 4;
@@ -33,25 +31,16 @@ pub fn rotate_half(x: &Rows<'_>, cos: &[f32], sin: &[f32]) -> Vec<f32> {
         x.count().is_multiple_of(len),
         "x must hold whole groups of positions"
     );
-    let rotate_rows = |(first_row, y): (usize, &mut [f32])| {
+    let rows = TASK_VALUES.div_ceil(dim);
+    filled_in_chunks(x.count() * dim, rows * dim, |task, y| {
         vectorized(RotateRows {
             y,
             x,
             cos,
             sin,
-            first_row,
+            first_row: task * rows,
         })
-    };
-    let mut y = vec![0f32; x.count() * dim];
-    if y.len() <= TASK_VALUES {
-        rotate_rows((0, &mut y));
-    } else {
-        let rows = TASK_VALUES.div_ceil(dim);
-        y.par_chunks_mut(rows * dim)
-            .enumerate()
-            .for_each(|(task, y)| rotate_rows((task * rows, y)));
-    }
-    y
+    })
 }
 
 /// Rotates rows `first_row..` of `x` into `y`, one row of `y` each; row `r` is at position

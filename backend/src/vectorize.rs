@@ -8,6 +8,10 @@
 //! rather than called from it. The arithmetic is the same IR on every path (no fused
 //! multiply-adds are formed and no reductions reordered), so every path gives the same bits.
 
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
 use crate::kernels::Isa;
 
 /// A loop over floats whose body is compiled into the caller's instruction set.
@@ -37,6 +41,37 @@ pub(crate) fn vectorized_on<L: FloatLoop>(isa: Isa, body: L) -> L::Output {
         Isa::Avx2 if isa.is_supported() => unsafe { crate::kernels::avx2::float_loop(body) },
         _ => body.run(),
     }
+}
+
+/// `len` floats computed by `fill(chunk_index, chunk)` over consecutive chunks of `chunk`
+/// values (the last one shorter), on the rayon pool when there is more than one chunk and on
+/// the calling thread otherwise (a `chunk` of zero counts as one). Each task zeroes its own
+/// chunk just before `fill` overwrites it, so the zeroing is shared by the pool: with
+/// `vec![0.0; len]` the calling thread zeroed megabytes per op while the rest of the pool
+/// waited (memset was 1.8% of a 2-thread 700M prefill's samples, all on that thread).
+pub(crate) fn filled_in_chunks(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let chunk = chunk.max(1);
+    let run = |(index, values): (usize, &mut [MaybeUninit<f32>])| {
+        values.iter_mut().for_each(|v| {
+            v.write(0.0);
+        });
+        // SAFETY: every value of `values` was written just above.
+        fill(index, unsafe { values.assume_init_mut() });
+    };
+    let mut y = Vec::with_capacity(len);
+    let spare = &mut y.spare_capacity_mut()[..len];
+    if len <= chunk {
+        run((0, spare));
+    } else {
+        spare.par_chunks_mut(chunk).enumerate().for_each(run);
+    }
+    // SAFETY: the chunks cover the first `len` values, each written by `run`.
+    unsafe { y.set_len(len) };
+    y
 }
 
 /// `sum(a * b)` over slices of one length in sixteen independent lanes, which the compiler
@@ -127,6 +162,25 @@ fn reduce_lanes(mut lanes: [f32; LANES]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filled_in_chunks_gives_each_chunk_its_index_and_covers_every_value() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (len, chunk) in [(0, 4), (3, 4), (4, 4), (10, 4), (1000, 7), (5, 0)] {
+            let y = pool.install(|| {
+                filled_in_chunks(len, chunk, |index, values| {
+                    for (i, v) in values.iter_mut().enumerate() {
+                        *v += (index * chunk.max(1) + i) as f32;
+                    }
+                })
+            });
+            let want: Vec<f32> = (0..len).map(|i| i as f32).collect();
+            assert_eq!(y, want, "{len} values in chunks of {chunk}");
+        }
+    }
 
     #[test]
     fn lane_max_is_the_maximum_and_passes_over_nans() {

@@ -4,12 +4,10 @@
 
 use std::mem::MaybeUninit;
 
-use rayon::prelude::*;
-
 use super::{BAND_TOKENS, FINISH_ROWS};
 use crate::i2s::TernaryLayout;
 use crate::quant::QuantizedActivations;
-use crate::vectorize::{FloatLoop, vectorized};
+use crate::vectorize::{FloatLoop, filled_in_chunks, vectorized};
 
 /// The float outputs `[m, n]` from sums `raw[r * m + t]` minus `offsets[t]` (if any): the
 /// exact accumulators, in the reference's order of operations (shared by every kernel family,
@@ -21,19 +19,10 @@ pub(crate) fn finish_linear(
     offsets: Option<&[i32]>,
 ) -> Vec<f32> {
     let (m, n) = (x.m, layout.n);
-    let finish = |(band, y): (usize, &mut [f32])| {
+    filled_in_chunks(m * n, BAND_TOKENS * n, |band, y| {
         let t0 = band * BAND_TOKENS;
         finish_band(layout, x, offsets, &raw[t0..], m, t0, y);
-    };
-    let mut y = vec![0f32; m * n];
-    if m <= BAND_TOKENS {
-        finish((0, &mut y));
-    } else {
-        y.par_chunks_mut(BAND_TOKENS * n)
-            .enumerate()
-            .for_each(finish);
-    }
-    y
+    })
 }
 
 /// Outputs `y` (`[tokens, n]`) of tokens `t0..` from their sums, `raw[r * stride + i]` for

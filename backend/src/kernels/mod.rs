@@ -368,7 +368,13 @@ fn banded_linear(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Vec<f32>
         .for_each(|(band, y)| {
             let (t0, tokens) = (band * band_tokens, y.len() / n);
             let mut raw = BAND_RAW.take();
-            raw.resize(n * tokens, 0);
+            // `dots` overwrites every sum, so the buffer only grows: resizing it to each
+            // layer's width zeroed the widened part again whenever a wider layer followed a
+            // narrower one (a megabyte or more per layer).
+            if raw.len() < n * tokens {
+                raw.resize(n * tokens, 0);
+            }
+            let raw_band = &mut raw[..n * tokens];
             let q = &x.q[t0 * kp..(t0 + tokens) * kp];
             dots(
                 isa,
@@ -377,9 +383,9 @@ fn banded_linear(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Vec<f32>
                 q,
                 tokens,
                 SumLayout::by_token(n),
-                &mut raw,
+                raw_band,
             );
-            finish_tokens(&w.layout, x, &raw, t0, y);
+            finish_tokens(&w.layout, x, raw_band, t0, y);
             BAND_RAW.set(raw);
         });
     // SAFETY: the bands cover all `m * n` values and `finish_tokens` writes every value of its
