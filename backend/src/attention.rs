@@ -11,6 +11,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::glu::exp_non_positive;
+use crate::kernels::{Isa, transpose_keys};
 use crate::vectorize::{FloatLoop, lane_dot, lane_max, lane_sum, vectorized};
 
 /// Most query rows per rayon task (a decode step has one row per query head, so its tasks get
@@ -418,16 +419,9 @@ fn transpose(keys: &[f32], dim: usize, kt: &mut Vec<f32>) {
     let stride = (keys.len() / dim).next_multiple_of(PASS);
     kt.clear();
     kt.resize(stride * dim, 0.0);
-    // Sixteen positions at a time, so each column gets one contiguous store of them rather
-    // than sixteen stores a row of the transposed keys apart (a tenth of a prefill's attention).
+    let isa = Isa::selected().unwrap_or(Isa::Scalar);
     for (block, keys) in keys.chunks(TAIL_PASS * dim).enumerate() {
-        let p0 = block * TAIL_PASS;
-        for c in 0..dim {
-            let column = &mut kt[c * stride + p0..][..TAIL_PASS];
-            for (k, key) in column.iter_mut().zip(keys.chunks_exact(dim)) {
-                *k = key[c];
-            }
-        }
+        transpose_keys(isa, keys, dim, &mut kt[block * TAIL_PASS..], stride);
     }
 }
 

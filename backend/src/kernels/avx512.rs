@@ -428,22 +428,54 @@ fn interleave(q: &[i8], tokens: usize, steps: &mut Vec<i32>) {
     }
 }
 
-/// [`interleave`] of a full tile, sixteen tokens of `row` bytes (a multiple of 64): sixteen
-/// steps of all tokens at a time, as a 16 x 16 transpose of dwords in registers (a scalar
-/// store per dword was 1% of a 700M prefill).
+/// [`interleave`] of a full tile, sixteen tokens of `row` bytes (a multiple of 64), as a
+/// transpose of dwords in registers (a scalar store per dword was 1% of a 700M prefill).
 ///
 /// # Safety
-/// The CPU supports AVX-512F; `q.len() == 16 * row` and `steps.len() == q.len() / 4`.
+/// The CPU supports AVX-512F.
 #[target_feature(enable = "avx512f")]
 unsafe fn transpose_tokens(q: &[i8], row: usize, steps: &mut [i32]) {
     assert!(q.len() == 16 * row && steps.len() == 4 * row && row.is_multiple_of(64));
+    // SAFETY: sixteen rows of `row` bytes fill `q`; the last step ends at `steps.len()`.
+    unsafe { transpose_dwords(q.as_ptr().cast(), row, steps.as_mut_ptr().cast(), 16) };
+}
+
+/// Sixteen keys of `dim` floats (a multiple of 16) as columns: `kt[c * stride + t] =
+/// keys[t * dim + c]`, transposed in registers (one scalar store per value was a tenth of a
+/// prefill's attention).
+///
+/// # Safety
+/// The CPU supports AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn transpose_keys(keys: &[f32], dim: usize, kt: &mut [f32], stride: usize) {
+    assert!(keys.len() == 16 * dim && dim.is_multiple_of(16) && stride >= 16);
+    assert!(kt.len() >= (dim - 1) * stride + 16, "the columns must fit");
+    // SAFETY: sixteen rows of `4 * dim` bytes fill `keys`; column `dim - 1` ends in `kt`.
+    unsafe {
+        transpose_dwords(
+            keys.as_ptr().cast(),
+            4 * dim,
+            kt.as_mut_ptr().cast(),
+            stride,
+        )
+    };
+}
+
+/// Sixteen rows of `row` bytes (a multiple of 64) from `src`, transposed by dword: dword `s`
+/// of row `t` to `dst[s * stride + t]`, sixteen dwords of every row at a time.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `src` holds sixteen rows of `row` bytes one after another, and
+/// `dst` holds `(row / 4 - 1) * stride + 16` dwords.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_dwords(src: *const u8, row: usize, dst: *mut u32, stride: usize) {
     for s0 in (0..row / 4).step_by(16) {
-        // SAFETY: token t's bytes s0 * 4.. s0 * 4 + 64 lie inside its row (row % 64 == 0).
+        // SAFETY: row t's bytes s0 * 4.. s0 * 4 + 64 lie inside it (row % 64 == 0).
         let r: [__m512i; 16] =
-            std::array::from_fn(|t| unsafe { load64(q.as_ptr().add(t * row + s0 * 4)) });
-        // b[4i + e], lane L: dword 4L + e of tokens 4i..4i + 4.
+            std::array::from_fn(|t| unsafe { load64(src.add(t * row + s0 * 4)) });
+        // b[4i + e], lane L: dword 4L + e of rows 4i..4i + 4.
         let b = lane_transposes(r);
-        // Step 4L + e gathers lane L of b[e], b[4 + e], b[8 + e] and b[12 + e].
+        // Dword 4L + e gathers lane L of b[e], b[4 + e], b[8 + e] and b[12 + e].
         for e in 0..4 {
             let low = _mm512_shuffle_i32x4::<0b01_00_01_00>(b[e], b[4 + e]);
             let high = _mm512_shuffle_i32x4::<0b11_10_11_10>(b[e], b[4 + e]);
@@ -457,8 +489,8 @@ unsafe fn transpose_tokens(q: &[i8], row: usize, steps: &mut [i32]) {
             ];
             for (lane, v) in lanes.into_iter().enumerate() {
                 let step = s0 + 4 * lane + e;
-                // SAFETY: step < row / 4, so its sixteen dwords end within `steps`.
-                unsafe { _mm512_storeu_si512(steps.as_mut_ptr().add(step * 16).cast(), v) };
+                // SAFETY: step < row / 4, so its sixteen dwords end within `dst`.
+                unsafe { _mm512_storeu_si512(dst.add(step * stride).cast(), v) };
             }
         }
     }

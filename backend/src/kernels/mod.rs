@@ -143,6 +143,30 @@ trait DecodingKernel {
     ) -> [[i32; T]; R];
 }
 
+/// Up to sixteen keys of `dim` floats as columns, `kt[c * stride + t] = keys[t * dim + c]`:
+/// in registers on the AVX-512 path for a full block when `dim` is a multiple of 16, one
+/// value at a time otherwise (the values are only moved, so every path gives the same bits).
+pub(crate) fn transpose_keys(isa: Isa, keys: &[f32], dim: usize, kt: &mut [f32], stride: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni
+        && isa.is_supported()
+        && keys.len() == 16 * dim
+        && dim.is_multiple_of(16)
+    {
+        // SAFETY: the CPU was just checked to support AVX-512.
+        unsafe { avx512::transpose_keys(keys, dim, kt, stride) };
+        return;
+    }
+    let _ = isa;
+    // Column by column: each gets one run of contiguous stores.
+    for c in 0..dim {
+        let column = &mut kt[c * stride..];
+        for (k, key) in column.iter_mut().zip(keys.chunks_exact(dim)) {
+            *k = key[c];
+        }
+    }
+}
+
 /// Asks for the cache lines of `values` ahead of their use, into L1: a hint for loops whose
 /// data lie too far apart, or stream too fast, for the hardware prefetcher.
 #[inline(always)]
