@@ -437,40 +437,69 @@ fn interleave(q: &[i8], tokens: usize, steps: &mut Vec<i32>) {
 unsafe fn transpose_tokens(q: &[i8], row: usize, steps: &mut [i32]) {
     assert!(q.len() == 16 * row && steps.len() == 4 * row && row.is_multiple_of(64));
     // SAFETY: sixteen rows of `row` bytes fill `q`; the last step ends at `steps.len()`.
-    unsafe { transpose_dwords(q.as_ptr().cast(), row, steps.as_mut_ptr().cast(), 16) };
-}
-
-/// Sixteen keys of `dim` floats (a multiple of 16) as columns: `kt[c * stride + t] =
-/// keys[t * dim + c]`, transposed in registers (one scalar store per value was a tenth of a
-/// prefill's attention).
-///
-/// # Safety
-/// The CPU supports AVX-512F.
-#[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn transpose_keys(keys: &[f32], dim: usize, kt: &mut [f32], stride: usize) {
-    assert!(keys.len() == 16 * dim && dim.is_multiple_of(16) && stride >= 16);
-    assert!(kt.len() >= (dim - 1) * stride + 16, "the columns must fit");
-    // SAFETY: sixteen rows of `4 * dim` bytes fill `keys`; column `dim - 1` ends in `kt`.
     unsafe {
         transpose_dwords(
-            keys.as_ptr().cast(),
-            4 * dim,
-            kt.as_mut_ptr().cast(),
-            stride,
+            q.as_ptr().cast(),
+            row,
+            row / 4,
+            steps.as_mut_ptr().cast(),
+            16,
         )
     };
 }
 
-/// Sixteen rows of `row` bytes (a multiple of 64) from `src`, transposed by dword: dword `s`
-/// of row `t` to `dst[s * stride + t]`, sixteen dwords of every row at a time.
+/// Columns `0..dim / 16 * 16` of sixteen keys of `dim` floats: `kt[c * stride + t] =
+/// keys[t * dim + c]`, transposed in registers (one scalar store per value was a tenth of a
+/// prefill's attention). Returns how many columns it wrote.
 ///
 /// # Safety
-/// The CPU supports AVX-512F; `src` holds sixteen rows of `row` bytes one after another, and
-/// `dst` holds `(row / 4 - 1) * stride + 16` dwords.
+/// The CPU supports AVX-512F.
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose_dwords(src: *const u8, row: usize, dst: *mut u32, stride: usize) {
-    for s0 in (0..row / 4).step_by(16) {
-        // SAFETY: row t's bytes s0 * 4.. s0 * 4 + 64 lie inside it (row % 64 == 0).
+pub(crate) unsafe fn transpose_keys(
+    keys: &[f32],
+    dim: usize,
+    kt: &mut [f32],
+    stride: usize,
+) -> usize {
+    let columns = dim / 16 * 16;
+    assert!(keys.len() == 16 * dim && stride >= 16);
+    if columns == 0 {
+        return 0;
+    }
+    assert!(
+        kt.len() >= (columns - 1) * stride + 16,
+        "the columns must fit"
+    );
+    // SAFETY: sixteen rows of `4 * dim` bytes fill `keys`, each holding the `columns` read;
+    // column `columns - 1` ends inside `kt`.
+    unsafe {
+        transpose_dwords(
+            keys.as_ptr().cast(),
+            4 * dim,
+            columns,
+            kt.as_mut_ptr().cast(),
+            stride,
+        )
+    };
+    columns
+}
+
+/// Dwords `0..columns` (a multiple of 16) of sixteen rows `row` bytes apart from `src`,
+/// transposed: dword `s` of row `t` to `dst[s * stride + t]`, sixteen of every row at a time.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `src` holds sixteen rows `row` bytes apart, each at least
+/// `4 * columns` bytes, and `dst` holds `(columns - 1) * stride + 16` dwords.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_dwords(
+    src: *const u8,
+    row: usize,
+    columns: usize,
+    dst: *mut u32,
+    stride: usize,
+) {
+    for s0 in (0..columns).step_by(16) {
+        // SAFETY: dwords s0..s0 + 16 of row t lie inside it (s0 + 16 <= columns).
         let r: [__m512i; 16] =
             std::array::from_fn(|t| unsafe { load64(src.add(t * row + s0 * 4)) });
         // b[4i + e], lane L: dword 4L + e of rows 4i..4i + 4.
@@ -489,7 +518,7 @@ unsafe fn transpose_dwords(src: *const u8, row: usize, dst: *mut u32, stride: us
             ];
             for (lane, v) in lanes.into_iter().enumerate() {
                 let step = s0 + 4 * lane + e;
-                // SAFETY: step < row / 4, so its sixteen dwords end within `dst`.
+                // SAFETY: step < columns, so its sixteen dwords end within `dst`.
                 unsafe { _mm512_storeu_si512(dst.add(step * stride).cast(), v) };
             }
         }

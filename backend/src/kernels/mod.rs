@@ -144,22 +144,18 @@ trait DecodingKernel {
 }
 
 /// Up to sixteen keys of `dim` floats as columns, `kt[c * stride + t] = keys[t * dim + c]`:
-/// in registers on the AVX-512 path for a full block when `dim` is a multiple of 16, one
-/// value at a time otherwise (the values are only moved, so every path gives the same bits).
+/// for a full block on the AVX-512 path, whole groups of sixteen columns in registers, the
+/// rest one value at a time (the values are only moved, so every path gives the same bits).
 pub(crate) fn transpose_keys(isa: Isa, keys: &[f32], dim: usize, kt: &mut [f32], stride: usize) {
+    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni
-        && isa.is_supported()
-        && keys.len() == 16 * dim
-        && dim.is_multiple_of(16)
-    {
+    if isa == Isa::Avx512Vnni && isa.is_supported() && keys.len() == 16 * dim {
         // SAFETY: the CPU was just checked to support AVX-512.
-        unsafe { avx512::transpose_keys(keys, dim, kt, stride) };
-        return;
+        done = unsafe { avx512::transpose_keys(keys, dim, kt, stride) };
     }
     let _ = isa;
     // Column by column: each gets one run of contiguous stores.
-    for c in 0..dim {
+    for c in done..dim {
         let column = &mut kt[c * stride..];
         for (k, key) in column.iter_mut().zip(keys.chunks_exact(dim)) {
             *k = key[c];

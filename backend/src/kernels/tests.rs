@@ -51,7 +51,15 @@ fn the_roofline_loop_runs_every_product() {
 
 #[test]
 fn keys_transpose_alike_on_every_path() {
-    for (dim, keys) in [(16, 16), (96, 16), (128, 16), (96, 5), (37, 16), (100, 16)] {
+    for (dim, keys) in [
+        (16, 16),
+        (96, 16),
+        (128, 16),
+        (96, 5),
+        (37, 16),
+        (100, 16),
+        (8, 16),
+    ] {
         let values = random(keys * dim, dim as u64, 4.0);
         let stride = 80;
         let mut want = vec![0f32; dim * stride];
