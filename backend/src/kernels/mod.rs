@@ -390,7 +390,7 @@ fn banded_linear(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Vec<f32>
             let mut raw = BAND_RAW.take();
             // `dots` overwrites every sum, so the buffer only grows: resizing it to each
             // layer's width zeroed the widened part again whenever a wider layer followed a
-            // narrower one (a megabyte or more per layer).
+            // narrower one (up to megabytes per layer in prefill).
             if raw.len() < n * tokens {
                 raw.resize(n * tokens, 0);
             }
