@@ -18,6 +18,9 @@ pub enum ImportError {
     /// A required file is absent.
     #[error("missing {what}: {path} does not exist")]
     MissingFile { what: &'static str, path: PathBuf },
+    /// A model file was given as the tokenizer but carries none.
+    #[error("no tokenizer in {path}: the file stores none, so pass a tokenizer file")]
+    NoTokenizer { path: PathBuf },
     /// `config.json` (or the shard index) is not valid JSON of the expected form.
     #[error("invalid {path}: {message}")]
     Config { path: PathBuf, message: String },

@@ -31,8 +31,7 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     if is_converted(path) {
         return match converted_tokenizer(path)? {
             Some(files) => files.tokenizer(path),
-            None => Err(ImportError::MissingFile {
-                what: "tokenizer (the converted file stores none; pass a tokenizer file)",
+            None => Err(ImportError::NoTokenizer {
                 path: path.to_path_buf(),
             }),
         };

@@ -8,8 +8,8 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use bitnet_import::{
-    GgufFile, TokenizerFiles, load_converted_model, load_gguf_model, load_hf_model, load_model,
-    load_tokenizer, save_converted, save_gguf,
+    GgufFile, ImportError, TokenizerFiles, load_converted_model, load_gguf_model, load_hf_model,
+    load_model, load_tokenizer, save_converted, save_gguf,
 };
 use burn::tensor::Device;
 use indicatif::ProgressBar;
@@ -166,6 +166,20 @@ fn load_error(path: &Path) -> String {
         Ok(_) => panic!("{} loaded", path.display()),
         Err(e) => e.to_string(),
     }
+}
+
+#[test]
+fn a_converted_file_without_a_tokenizer_says_it_stores_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("demo.bitnet");
+    let model = load_hf_model(&demo_model(), &Device::flex()).unwrap();
+    save_converted(&model, None, &path, &ProgressBar::hidden()).unwrap();
+    let err = load_tokenizer(&path).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, ImportError::NoTokenizer { .. }), "{message}");
+    // The file is there: the message must not say it is missing.
+    assert!(message.contains("demo.bitnet"), "{message}");
+    assert!(!message.contains("does not exist"), "{message}");
 }
 
 #[test]
