@@ -13,6 +13,7 @@ use bitnet_model::{
     BitNetConfig, ChatTemplate, Conversation, FfnActivation, GenerateOptions, Sampler,
     SamplerConfig, Session, Tokenizer, TurnText,
 };
+use burn::tensor::Device;
 use clap::Parser;
 
 mod common;
@@ -77,15 +78,17 @@ fn main() {
             a
         }
     });
-    common::run_main(argv, run);
+    common::run_main(argv, |args: Args| {
+        args.run.clone().install(|device| run(args, device))
+    });
 }
 
-fn run(args: Args) -> Result<()> {
+/// The example on `device`, on a thread of the `-t` pool.
+fn run(args: Args, device: Device) -> Result<()> {
     let mut args = args;
     if args.model.model.is_none() && args.prompt.is_empty() && !args.conversation {
         args.prompt = DEMO_PROMPT.into();
     }
-    let device = args.run.init()?;
     if args.ctx_size == Some(0) {
         bail!("--ctx-size must be at least 1");
     }

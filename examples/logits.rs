@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Parser;
 
 mod common;
@@ -36,11 +36,13 @@ struct Args {
 }
 
 fn main() {
-    common::run_main(std::env::args(), run);
+    common::run_main(std::env::args(), |args: Args| {
+        args.run.clone().install(|device| run(args, device))
+    });
 }
 
-fn run(args: Args) -> Result<()> {
-    let device = args.run.init()?;
+/// The example on `device`, on a thread of the `-t` pool.
+fn run(args: Args, device: Device) -> Result<()> {
     let model = args.model.load(&device)?;
     let ids = match &args.text {
         Some(text) => {

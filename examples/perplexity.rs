@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use bitnet_model::{perplexity, token_nll, windows};
+use burn::tensor::Device;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -41,11 +42,13 @@ struct Args {
 }
 
 fn main() {
-    common::run_main(std::env::args(), run);
+    common::run_main(std::env::args(), |args: Args| {
+        args.run.clone().install(|device| run(args, device))
+    });
 }
 
-fn run(args: Args) -> Result<()> {
-    let device = args.run.init()?;
+/// The example on `device`, on a thread of the `-t` pool.
+fn run(args: Args, device: Device) -> Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     let model_dir = args.model.path();

@@ -103,11 +103,14 @@ struct TrainState {
 }
 
 fn main() {
-    common::run_main(std::env::args(), run);
+    common::run_main(std::env::args(), |args: Args| {
+        args.run.clone().install(|device| run(args, device))
+    });
 }
 
-fn run(args: Args) -> Result<()> {
-    let device = args.run.init()?.autodiff();
+/// The example on `device`, on a thread of the `-t` pool.
+fn run(args: Args, device: Device) -> Result<()> {
+    let device = device.autodiff();
     let checkpoint = args.out.join("checkpoint");
     let (args, mut state) = if args.resume {
         let state: TrainState = read_json(&checkpoint.join("state.json"))?;
