@@ -3,7 +3,8 @@
 //! every instruction set this CPU has and the kernel families (I2_S, `lut-*`, and for one token
 //! `base3-*`, the base-3 decode copy), next to Burn's own f32 matmul on Flex; then a decode
 //! sweep over the 700M and 3B stacks of layers (0.17 and 0.81 GB of packed weights in I2_S,
-//! 0.14 and 0.65 GB in base-3), the 3B layout's LM head in F16 and int8, and the cached
+//! 0.14 and 0.65 GB in base-3; and at 2 threads with the halves of every matrix swept by two
+//! threads that never synchronize), the 3B layout's LM head in F16 and int8, and the cached
 //! attention of a prefill and a decode step.
 //!
 //! `cargo bench --bench kernels` (all), `cargo bench --bench kernels -- sweep` (the sweep only).
@@ -168,6 +169,33 @@ fn kernels(c: &mut Criterion) {
     }
 }
 
+/// (name, hidden, FFN, layers) of the dummy layouts the decode sweeps read.
+const SWEEP_LAYOUTS: [(&str, usize, usize, usize); 2] =
+    [("700M", 1536, 4096, 24), ("3B", 3200, 8640, 26)];
+
+/// (seed, n, k) of every BitLinear of a layout's stack, in the order decode reads them.
+fn stack_shapes(
+    hidden: usize,
+    ffn: usize,
+    layers: usize,
+) -> impl Iterator<Item = (u64, usize, usize)> {
+    let per_layer = [
+        (hidden, hidden),
+        (hidden, hidden),
+        (hidden, hidden),
+        (hidden, hidden),
+        (ffn, hidden),
+        (ffn, hidden),
+        (hidden, ffn),
+    ];
+    (0..layers).flat_map(move |l| {
+        per_layer
+            .into_iter()
+            .enumerate()
+            .map(move |(i, (n, k))| ((l * 16 + i) as u64, n, k))
+    })
+}
+
 /// GEMV over every BitLinear of the 700M and 3B dummy layouts (hidden, FFN, layers: 1536,
 /// 4096, 24 and 3200, 8640, 26), one matrix after the other as decode reads them: 0.17 and
 /// 0.81 GB of packed weights, far beyond any cache; then the same from the base-3 copies
@@ -177,24 +205,9 @@ fn decode_sweep(c: &mut Criterion) {
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(8));
-    for (name, hidden, ffn, layers) in [("700M", 1536, 4096, 24), ("3B", 3200, 8640, 26)] {
-        let per_layer = [
-            (hidden, hidden),
-            (hidden, hidden),
-            (hidden, hidden),
-            (hidden, hidden),
-            (ffn, hidden),
-            (ffn, hidden),
-            (hidden, ffn),
-        ];
-        let stack: Vec<I2sWeights> = (0..layers)
-            .flat_map(|l| {
-                per_layer
-                    .iter()
-                    .enumerate()
-                    .map(move |(i, &(n, k))| (l * 16 + i, n, k))
-            })
-            .map(|(seed, n, k)| random_weights(n, k, seed as u64))
+    for (name, hidden, ffn, layers) in SWEEP_LAYOUTS {
+        let stack: Vec<I2sWeights> = stack_shapes(hidden, ffn, layers)
+            .map(|(seed, n, k)| random_weights(n, k, seed))
             .collect();
         let inputs: Vec<QuantizedActivations> = [hidden, ffn]
             .iter()
@@ -248,6 +261,52 @@ fn decode_sweep(c: &mut Criterion) {
                 }
             }
         }
+    }
+    group.finish();
+}
+
+/// The I2_S sweep above with every matrix split into two halves of rows, stored apart, each
+/// half of the stack swept by its own thread on its own one-thread pool and nothing shared or
+/// awaited between the two until the sweep ends (`independent-{isa}/t2`): the most two threads
+/// draw when no pool couples them, the bound for any scheduling of decode at 2 threads.
+fn independent_halves(c: &mut Criterion) {
+    let isa = Isa::best();
+    let mut group = c.benchmark_group("sweep");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8));
+    for (name, hidden, ffn, layers) in SWEEP_LAYOUTS {
+        let halves: [Vec<I2sWeights>; 2] = [0, 1].map(|half| {
+            stack_shapes(hidden, ffn, layers)
+                .map(|(seed, n, k)| random_weights(n / 2, k, 2 * seed + half))
+                .collect()
+        });
+        let inputs: Vec<QuantizedActivations> = [hidden, ffn]
+            .iter()
+            .map(|&k| random_activations(1, k, k.div_ceil(128) * 128, 3))
+            .collect();
+        let input = &|k: usize| &inputs[usize::from(k != hidden)];
+        let bytes: usize = halves.iter().flatten().map(|w| w.codes().len()).sum();
+        let pools = [pool(1), pool(1)];
+        group.throughput(Throughput::Bytes(bytes as u64));
+        let id = BenchmarkId::new(format!("independent-{isa}/t2"), format!("{name} layers"));
+        group.bench_function(id, |b| {
+            b.iter(|| {
+                std::thread::scope(|s| {
+                    for (pool, half) in pools.iter().zip(&halves) {
+                        s.spawn(move || {
+                            pool.install(|| {
+                                for w in half {
+                                    let x = input(w.layout().k);
+                                    black_box(ternary_linear_quantized(isa, w.view(), x))
+                                        .expect("valid");
+                                }
+                            })
+                        });
+                    }
+                })
+            })
+        });
     }
     group.finish();
 }
@@ -362,5 +421,13 @@ fn roofline(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, kernels, decode_sweep, head, attention, roofline);
+criterion_group!(
+    benches,
+    kernels,
+    decode_sweep,
+    independent_halves,
+    head,
+    attention,
+    roofline
+);
 criterion_main!(benches);
