@@ -148,32 +148,3 @@ pub fn run_main<A: clap::Parser>(
     init_logging();
     exit_on_error(run(A::parse_from(argv)));
 }
-
-#[cfg(test)]
-mod tests {
-    use super::RunArgs;
-
-    #[test]
-    fn install_runs_the_work_on_a_thread_of_a_pool_of_exactly_t_threads() {
-        for threads in [1, 3] {
-            let args = RunArgs {
-                threads: Some(threads),
-                ..RunArgs::default()
-            };
-            let (index, count) = args
-                .install(|_| Ok((rayon::current_thread_index(), rayon::current_num_threads())))
-                .unwrap();
-            assert!(
-                index.is_some(),
-                "the work must run on one of the pool's threads"
-            );
-            assert_eq!(count, threads);
-        }
-        let zero = RunArgs {
-            threads: Some(0),
-            ..RunArgs::default()
-        };
-        let message = zero.install(|_| Ok(())).unwrap_err().to_string();
-        assert!(message.contains("--threads"), "{message}");
-    }
-}
