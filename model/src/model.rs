@@ -3,6 +3,7 @@
 use burn::module::Module;
 use burn::nn::Initializer;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use std::ops::Range;
 use std::sync::Arc;
 
 use bitnet_backend::{HalfMatrix, Int8Matrix, Isa};
@@ -230,10 +231,34 @@ impl BitNetModel {
     /// - `tokens`: `[batch, len]`
     /// - output: `[batch, vocab]`
     pub fn forward_last(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Result<Tensor<2>> {
+        let [_, len] = tokens.dims();
+        let logits = self.forward_positions(tokens, cache, len.saturating_sub(1)..len)?;
+        Ok(logits.squeeze_dim(1))
+    }
+
+    /// Logits of the new positions in `positions` only (indices into the `len` new tokens):
+    /// what scoring needs (perplexity scores half of each window), without running the LM head
+    /// over the rest. Every position still goes through the layers and into the cache.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch, len]`
+    /// - output: `[batch, positions.len(), vocab]`
+    pub fn forward_positions(
+        &self,
+        tokens: Tensor<2, Int>,
+        cache: &mut KvCache,
+        positions: Range<usize>,
+    ) -> Result<Tensor<3>> {
+        let [_, len] = tokens.dims();
+        // No tokens at all is `run`'s error to report.
+        if len > 0 && (positions.is_empty() || positions.end > len) {
+            return Err(ModelError::Config(format!(
+                "logits of positions {positions:?} asked of {len} new tokens"
+            )));
+        }
         let (h, _) = self.run(tokens, cache, false)?;
-        let [batch, len, hidden] = h.dims();
-        let last = h.slice([0..batch, len - 1..len, 0..hidden]);
-        Ok(self.lm_head(last).squeeze_dim(1))
+        let [batch, _, hidden] = h.dims();
+        Ok(self.lm_head(h.slice([0..batch, positions, 0..hidden])))
     }
 
     /// [`BitNetModel::forward`] that also returns every layer's residual stream.

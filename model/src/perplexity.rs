@@ -90,9 +90,12 @@ pub fn token_nll(model: &BitNetModel, tokens: &[u32], first: usize) -> Result<Ve
     let device = model.embed_tokens.weight.val().device();
     let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
     let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, tokens.len()]), &device);
-    let logits = model.forward_full(input)?;
-    let [_, len, vocab] = logits.dims();
-    let log_probs = log_softmax(logits.slice([0..1, first - 1..len - 1, 0..vocab]), 2)
+    // Only the positions that predict a scored token go through the LM head.
+    let len = tokens.len();
+    let mut cache = model.new_cache(1, len);
+    let logits = model.forward_positions(input, &mut cache, first - 1..len - 1)?;
+    let vocab = logits.dims()[2];
+    let log_probs = log_softmax(logits, 2)
         .into_data()
         .convert::<f32>()
         .try_to_vec::<f32>()

@@ -68,6 +68,46 @@ fn incremental_decoding_equals_full_recompute() {
 }
 
 #[test]
+fn logits_of_some_positions_are_those_rows_of_the_full_logits() {
+    let ids: Vec<i64> = vec![3, 17, 42, 5, 96, 0, 11, 64, 23, 7, 1, 50];
+    let len = ids.len();
+    for device in devices() {
+        let model = config(FfnActivation::Relu2, true, true)
+            .init(&device)
+            .unwrap();
+        let tokens =
+            || Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, len]), &device);
+        let full = values(model.forward_full(tokens()).unwrap());
+        let vocab = full.len() / len;
+        // Past the head's 16-bit copy (up to 8 rows) and within it; the last one.
+        for positions in [2..11, 5..8, len - 1..len] {
+            let mut cache = model.new_cache(1, len);
+            let some = model
+                .forward_positions(tokens(), &mut cache, positions.clone())
+                .unwrap();
+            assert_eq!(some.dims(), [1, positions.len(), vocab]);
+            assert_eq!(cache.len(), len, "every position enters the cache");
+            let expected = &full[positions.start * vocab..positions.end * vocab];
+            let absmax = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (i, (a, b)) in values(some).iter().zip(expected).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * absmax.max(1.0),
+                    "logit {i}: {a} vs {b}"
+                );
+            }
+        }
+        for positions in [3..3, 4..len + 1] {
+            let mut cache = model.new_cache(1, len);
+            let err = model
+                .forward_positions(tokens(), &mut cache, positions)
+                .unwrap_err();
+            assert!(err.to_string().contains("positions"), "{err}");
+            assert_eq!(cache.len(), 0, "a bad range is refused before any work");
+        }
+    }
+}
+
+#[test]
 fn decode_bytes_count_what_a_step_reads() {
     let device = Device::flex();
     let model = config(FfnActivation::Relu2, true, true)
