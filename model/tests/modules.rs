@@ -79,7 +79,8 @@ fn logits_of_some_positions_are_those_rows_of_the_full_logits() {
             || Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, len]), &device);
         let full = values(model.forward_full(tokens()).unwrap());
         let vocab = full.len() / len;
-        // Past the head's 16-bit copy (up to 8 rows) and within it; the last one.
+        // Nine rows, three, and the last alone (a packed model's 16-bit head copy takes up to
+        // eight rows, the f32 matmul more).
         for positions in [2..11, 5..8, len - 1..len] {
             let mut cache = model.new_cache(1, len);
             let some = model
