@@ -27,6 +27,7 @@ use bitnet_backend::{
 };
 use burn::tensor::{Device, Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use half::f16;
 
 /// (n, k) of each distinct BitLinear shape: output rows x input columns.
 const SHAPES: [(&str, usize, usize); 12] = [
@@ -389,11 +390,18 @@ fn attention(c: &mut Criterion) {
             let values = random(keys.len(), 9);
             let seen: usize = (start + 1..=start + len).sum();
             group.throughput(Throughput::Elements((2 * heads * seen * dim) as u64));
+            // The cache in f16 too (`--cache-type f16`): half the bytes, widened as read.
+            let halves = |x: &[f32]| x.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>();
+            let (keys16, values16) = (halves(&keys), halves(&values));
             for threads in THREADS {
                 let pool = pool(threads);
                 let id = BenchmarkId::new(format!("{test}/t{threads}"), model);
                 group.bench_function(id, |b| {
                     b.iter(|| pool.install(|| cached_attention(&q, &keys, &values, shape)))
+                });
+                let id = BenchmarkId::new(format!("{test}/f16/t{threads}"), model);
+                group.bench_function(id, |b| {
+                    b.iter(|| pool.install(|| cached_attention(&q, &keys16, &values16, shape)))
                 });
             }
         }

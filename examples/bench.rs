@@ -11,6 +11,7 @@
 //! give the bytes a step reads (`read_bytes_per_token`: packed weights, norms, the LM head in
 //! its decode format, the KV cache) and the bandwidth that draws (`read_gbps`, GB/s).
 //! `BITNET_KERNEL=base3` decodes from a 1.6-bit copy of the weights (`kernel` column).
+//! `--cache-type f16` keeps the KV cache in f16 (`cache` column), as llama.cpp does by default.
 
 use std::path::Path;
 use std::time::Instant;
@@ -137,6 +138,7 @@ fn run(args: Args) -> Result<()> {
                 "params": model.config.num_parameters(),
                 "head": model.head_format(),
                 "kernel": kernel,
+                "cache_type": model.cache_type.to_string(),
                 "backend": format!("{:?}", args.device).to_lowercase(),
                 "test": name,
                 "n_depth": depth,
@@ -199,7 +201,7 @@ fn cache_at_depth(
     tokens: usize,
     device: &Device,
 ) -> Result<KvCache> {
-    let mut cache = model.new_cache(1, depth + tokens);
+    let mut cache = model.new_cache(1, depth + tokens)?;
     if depth > 0 {
         model
             .forward_last(prompt(model, 0, depth, device), &mut cache)?
@@ -288,9 +290,9 @@ fn peak_rss_bytes() -> Option<u64> {
 
 fn print_table(rows: &[Value], model_bytes: u64, rss: Option<u64>) {
     println!(
-        "| model | size | params | head | kernel | backend | threads | test | t/s | read GB/s |"
+        "| model | size | params | head | kernel | cache | backend | threads | test | t/s | read GB/s |"
     );
-    println!("|---|---:|---:|---|---|---|---:|---|---:|---:|");
+    println!("|---|---:|---:|---|---|---|---|---:|---|---:|---:|");
     let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
     let spread = |mean: &Value, sd: &Value, digits: usize| match (mean.as_f64(), sd.as_f64()) {
         (Some(mean), Some(sd)) => format!("{mean:.digits$} ± {sd:.digits$}"),
@@ -309,9 +311,10 @@ fn print_table(rows: &[Value], model_bytes: u64, rss: Option<u64>) {
         });
         let (model, size, params) = model.unwrap_or(("-".into(), "-".into(), "-".into()));
         println!(
-            "| {model} | {size} | {params} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {model} | {size} | {params} | {} | {} | {} | {} | {} | {} | {} | {} |",
             text(&row["head"]),
             text(&row["kernel"]),
+            text(&row["cache_type"]),
             text(&row["backend"]),
             row["threads"],
             text(&row["test"]),

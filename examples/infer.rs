@@ -112,7 +112,7 @@ fn run(args: Args, device: Device) -> Result<()> {
         max_new_tokens: args.n_predict,
         stop_strings: args.stop.clone(),
     };
-    let mut session = Session::new(&model, ctx_size);
+    let mut session = Session::new(&model, ctx_size)?;
     if args.conversation {
         let template = chat_template(&args, &model.config, &tokenizer)?;
         let system = (!args.prompt.is_empty()).then(|| args.prompt.clone());

@@ -87,9 +87,26 @@ fn bench_at_a_depth_names_the_rows_and_reads_the_longer_cache() {
             .all(|r| r["n_depth"] == 100 && r["mean_tps"].as_f64().unwrap() > 0.0)
     );
     assert_eq!(flat[0]["n_depth"], 0);
-    // Each step at depth 100 attends 100 more positions' keys and values.
+    // Each step at depth 100 attends 100 more positions' keys and values, half the bytes in an
+    // f16 cache.
     let bytes = |r: &serde_json::Value| r["read_bytes_per_token"].as_u64().unwrap();
     assert!(bytes(&deep[1]) > bytes(&flat[0]), "{deep:?} {flat:?}");
+    let f16 = |depth: &str| {
+        let args = [
+            "-d", depth, "-p", "0", "-n", "2", "-t", "1", "-r", "1", "--json",
+        ];
+        rows(&[&args[..], &["--cache-type", "f16"]].concat()).remove(0)
+    };
+    let (flat16, deep16) = (f16("0"), f16("100"));
+    assert_eq!(
+        (&flat16["cache_type"], &deep[1]["cache_type"]),
+        (&"f16".into(), &"f32".into())
+    );
+    assert_eq!(
+        bytes(&deep16) - bytes(&flat16),
+        (bytes(&deep[1]) - bytes(&flat[0])) / 2,
+        "{deep16} {flat16}"
+    );
 }
 
 #[test]
@@ -102,6 +119,11 @@ fn bad_bench_flags_are_one_line_errors() {
         // The demo model's context is 128 positions.
         (vec!["-d", "125", "-p", "4"], "max_position_embeddings"),
         (vec!["-p", "0", "-n", "129"], "tg129 needs 129 positions"),
+        (vec!["--cache-type", "bf16"], "expected f32 or f16"),
+        (
+            vec!["--device", "ndarray", "--cache-type", "f16"],
+            "NdArray has no 16-bit floats",
+        ),
     ] {
         let out = run_example("bench", &args, "");
         let log = String::from_utf8_lossy(&out.stderr);

@@ -101,6 +101,10 @@ fn with_no_arguments_infer_runs_the_bundled_demo_model() {
         "{text:?}"
     );
     assert_eq!(first, infer(&args, "").1, "greedy output is deterministic");
+    // With an f16 KV cache too (the same prompt, 64 tokens of text).
+    let (ok, half, log) = infer(&[&args[..], &["--cache-type", "f16"]].concat(), "");
+    assert!(ok && half.starts_with("ROMEO:"), "{log}");
+    assert!(log.contains("generated: 64 tokens"), "{log}");
 }
 
 #[test]

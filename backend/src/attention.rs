@@ -6,12 +6,14 @@
 //! of values straight from the cache buffers, only over the positions it may see; in prefill,
 //! blocks of four rows of a head do so together, sharing each load of keys and values.
 
+use std::cell::Cell;
 use std::ops::Range;
 
 use rayon::prelude::*;
 
 use crate::glu::exp_non_positive;
 use crate::kernels::{Isa, transpose_keys};
+use crate::kv::CacheValue;
 use crate::vectorize::{FloatLoop, lane_dot, lane_max, lane_sum, vectorized};
 
 /// Most query rows per rayon task (a decode step has one row per query head, so its tasks get
@@ -90,13 +92,15 @@ impl AttentionShape {
 /// Scores are scaled after the dot product and the softmax divides before the weighted sum, as
 /// Burn's ops do; the order of the sums depends only on the shape (sixteen lanes per dot
 /// product, or one column of keys after another), so last bits may differ from a matrix product.
+/// An f16 cache gives the bits of an f32 cache holding the same values: each task widens a
+/// head's keys and values once, then runs the f32 code on them.
 ///
 /// # Panics
 /// If the lengths do not match `shape` or `start + len > capacity`: callers check shapes first.
-pub fn cached_attention(
+pub fn cached_attention<E: CacheValue>(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[E],
+    values: &[E],
     shape: AttentionShape,
 ) -> Vec<f32> {
     let AttentionShape {
@@ -157,30 +161,42 @@ pub fn cached_attention(
 }
 
 /// The inputs of one [`cached_attention`] call.
-#[derive(Clone, Copy)]
-struct Attention<'a> {
+struct Attention<'a, E> {
     q: &'a [f32],
-    keys: &'a [f32],
-    values: &'a [f32],
+    keys: &'a [E],
+    values: &'a [E],
     shape: AttentionShape,
     scale: f32,
 }
 
+// Not derived: a derive would ask `E: Copy`, which the references do not need.
+impl<E> Clone for Attention<'_, E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<E> Copy for Attention<'_, E> {}
+
 /// Rows `first..` of all `batch * kv_heads * rows` query rows, into `out` (one slice each).
-struct AttendRows<'a, 'b, 'c> {
-    attention: Attention<'a>,
+struct AttendRows<'a, 'b, 'c, E> {
+    attention: Attention<'a, E>,
     first: usize,
     out: &'b mut [&'c mut [f32]],
 }
 
-/// What a task reuses from row to row: the keys of `kt_head` transposed, and the scores.
+/// What a task reuses from row to row: the keys of `kt_head` transposed, the scores, the keys
+/// and values of `widened_head` in f32 (an f16 cache's) and a few positions' of them (`chunk`).
 struct Scratch {
     kt: Vec<f32>,
     kt_head: usize,
     scores: [Vec<f32>; BLOCK_ROWS],
+    widened: [Vec<f32>; 2],
+    widened_head: usize,
+    chunk: Vec<f32>,
 }
 
-impl FloatLoop for AttendRows<'_, '_, '_> {
+impl<E: CacheValue> FloatLoop for AttendRows<'_, '_, '_, E> {
     type Output = ();
 
     #[inline(always)]
@@ -191,10 +207,20 @@ impl FloatLoop for AttendRows<'_, '_, '_> {
             out,
         } = self;
         let rows = attention.shape.rows;
+        thread_local! {
+            // Reused across calls: an f16 head widened into fresh buffers cost a page fault
+            // per 4 KiB each time (a 3B head at a depth of 512 is 460 KB).
+            static WIDENED: Cell<[Vec<f32>; 2]> = Cell::new(Default::default());
+        }
+        // Taken rather than borrowed, so a nested call on this thread (rayon work stealing)
+        // gets buffers of its own.
         let mut scratch = Scratch {
             kt: Vec::new(),
             kt_head: usize::MAX,
             scores: Default::default(),
+            widened: WIDENED.take(),
+            widened_head: usize::MAX,
+            chunk: Vec::new(),
         };
         let (mut row, mut rest) = (first, out);
         while !rest.is_empty() {
@@ -214,10 +240,11 @@ impl FloatLoop for AttendRows<'_, '_, '_> {
             }
             rest = tail;
         }
+        WIDENED.set(scratch.widened);
     }
 }
 
-impl Attention<'_> {
+impl<E: CacheValue> Attention<'_, E> {
     /// Query rows `first..first + R` (one head's) into `out` (`R` rows).
     #[inline(always)]
     fn attend<const R: usize>(&self, first: usize, out: &mut [&mut [f32]], scratch: &mut Scratch) {
@@ -235,23 +262,65 @@ impl Attention<'_> {
             *seen = start + (first + r) % rows % len + 1;
         }
         let most = seen.iter().fold(0, |m, &s| m.max(s));
-        let keys = &self.keys[head * capacity * dim..][..(start + len) * dim];
-        let values = &self.values[head * capacity * dim..][..most * dim];
+        let filled = (start + len) * dim;
+        let keys = &self.keys[head * capacity * dim..][..filled];
+        let values = &self.values[head * capacity * dim..][..filled];
         let queries = &self.q[first * dim..][..R * dim];
-        let scores = &mut scratch.scores[..R];
-        if rows >= TRANSPOSED_ROWS {
-            if scratch.kt_head != head {
-                transpose(keys, dim, &mut scratch.kt);
-                scratch.kt_head = head;
+        let Scratch {
+            kt,
+            kt_head,
+            scores,
+            widened,
+            widened_head,
+            chunk,
+        } = scratch;
+        let scores = &mut scores[..R];
+        let transposed = rows >= TRANSPOSED_ROWS;
+        // An f32 cache is read in place. An f16 one is widened a whole head at a time for rows
+        // against transposed keys (a prefill's rows share it), else a few positions at a time
+        // into L1: a whole decode head widened into L2 and read back cost more than the
+        // halved reads saved.
+        let whole = match (E::as_f32(keys), E::as_f32(values)) {
+            (Some(keys), Some(values)) => Some((keys, values)),
+            _ if transposed => {
+                let [wide_keys, wide_values] = widened;
+                if *widened_head != head {
+                    for (wide, stored) in [(&mut *wide_keys, keys), (&mut *wide_values, values)] {
+                        wide.resize(filled, 0.0);
+                        E::widen(stored, wide);
+                    }
+                    *widened_head = head;
+                }
+                Some((&wide_keys[..], &wide_values[..]))
             }
-            column_scores::<R>(queries, &scratch.kt, most, self.scale, scores);
+            _ => None,
+        };
+        chunk.resize(WIDEN_POSITIONS * dim, 0.0);
+        if transposed {
+            let (keys, _) = whole.expect("transposed rows read whole heads");
+            if *kt_head != head {
+                transpose(keys, dim, kt);
+                *kt_head = head;
+            }
+            column_scores::<R>(queries, kt, most, self.scale, scores);
         } else {
-            // One row: a plain loop, as an iterator adapter's closure would be a call compiled
-            // without the path's features.
-            scores[0].clear();
-            scores[0].resize(most, 0.0);
-            for (score, key) in scores[0].iter_mut().zip(keys.chunks_exact(dim)) {
-                *score = lane_dot(queries, key) * self.scale;
+            let scores = &mut scores[0];
+            scores.clear();
+            scores.resize(most, 0.0);
+            let keys = &keys[..most * dim];
+            match whole {
+                Some((keys, _)) => dot_scores(queries, &keys[..most * dim], self.scale, scores),
+                None => {
+                    let positions = WIDEN_POSITIONS * dim;
+                    for (scores, keys) in scores
+                        .chunks_mut(WIDEN_POSITIONS)
+                        .zip(keys.chunks(positions))
+                    {
+                        let wide = &mut chunk[..keys.len()];
+                        E::widen(keys, wide);
+                        dot_scores(queries, wide, self.scale, scores);
+                    }
+                }
             }
         }
         for (scores, &seen) in scores.iter_mut().zip(&seen) {
@@ -265,9 +334,40 @@ impl Attention<'_> {
                 *s /= total;
             }
         }
-        weighted_sum::<R>(scores, values, out);
+        match whole {
+            Some((_, values)) => weighted_sum::<R>(scores, &values[..most * dim], out, None),
+            None => {
+                // One row, its sums carried from chunk to chunk: each column's sum still runs
+                // over the positions in order, so the bits are those of one pass.
+                let values = &values[..most * dim];
+                let mut before = vec![0f32; dim];
+                let chunks = scores[0]
+                    .chunks(WIDEN_POSITIONS)
+                    .zip(values.chunks(WIDEN_POSITIONS * dim));
+                for (i, (probabilities, values)) in chunks.enumerate() {
+                    let wide = &mut chunk[..values.len()];
+                    E::widen(values, wide);
+                    before.copy_from_slice(out[0]);
+                    let base = (i > 0).then_some([&before[..]; R]);
+                    weighted_sum::<R>(&[probabilities], wide, out, base);
+                }
+            }
+        }
     }
 }
+
+/// `scores[p] = (queries · key p) * scale` for the keys one after another in `keys` (a plain
+/// loop: an iterator adapter's closure would be a call compiled without the path's features).
+#[inline(always)]
+fn dot_scores(queries: &[f32], keys: &[f32], scale: f32, scores: &mut [f32]) {
+    for (score, key) in scores.iter_mut().zip(keys.chunks_exact(queries.len())) {
+        *score = lane_dot(queries, key) * scale;
+    }
+}
+
+/// Positions of an f16 cache a decode row widens at a time: their keys or values (heads are
+/// at most 128 wide) stay in L1.
+const WIDEN_POSITIONS: usize = 32;
 
 /// Columns a pass of [`column_scores`] and [`weighted_sum`] keeps in registers per query row:
 /// four vectors of sixteen, four independent chains of additions.
@@ -344,29 +444,30 @@ fn score_passes<const N: usize, const R: usize>(
 /// where two of 16 kept four).
 #[inline(always)]
 fn weighted_sum<const R: usize>(
-    probabilities: &[Vec<f32>],
+    probabilities: &[impl AsRef<[f32]>],
     values: &[f32],
     out: &mut [&mut [f32]],
+    base: Option<[&[f32]; R]>,
 ) {
     let dim = out[0].len();
     // A decode row keeps six chains in a pass of 96 (the 700M and 3B head widths): passes of
     // 64 and 32 one after the other each waited on the latency of their additions.
     let mut done = if R == 1 {
-        weighted_passes::<DECODE_PASS, R>(probabilities, values, 0, out)
+        weighted_passes::<DECODE_PASS, R>(probabilities, values, 0, out, base)
     } else {
         0
     };
-    done += weighted_passes::<PASS, R>(probabilities, values, done, out);
-    done += weighted_passes::<32, R>(probabilities, values, done, out);
-    done += weighted_passes::<16, R>(probabilities, values, done, out);
+    done += weighted_passes::<PASS, R>(probabilities, values, done, out, base);
+    done += weighted_passes::<32, R>(probabilities, values, done, out, base);
+    done += weighted_passes::<16, R>(probabilities, values, done, out, base);
     if done < dim && dim >= 16 {
         // The last sixteen columns again, overlapping the passes before: the columns computed
         // twice get the same bits (same sums in the same order), and the few left over do not
         // take one latency-bound chain of scalar additions each (as long as the rest of a 3B
         // head's sum).
-        weighted_passes::<16, R>(probabilities, values, dim - 16, out);
+        weighted_passes::<16, R>(probabilities, values, dim - 16, out, base);
     } else {
-        weighted_passes::<1, R>(probabilities, values, done, out);
+        weighted_passes::<1, R>(probabilities, values, done, out, base);
     }
 }
 
@@ -375,24 +476,35 @@ fn weighted_sum<const R: usize>(
 /// few that only later rows see follow, per row, in order.
 #[inline(always)]
 fn weighted_passes<const N: usize, const R: usize>(
-    probabilities: &[Vec<f32>],
+    probabilities: &[impl AsRef<[f32]>],
     values: &[f32],
     offset: usize,
     out: &mut [&mut [f32]],
+    base: Option<[&[f32]; R]>,
 ) -> usize {
     let dim = out[0].len();
-    let common = probabilities.iter().fold(usize::MAX, |m, p| m.min(p.len()));
+    let common = probabilities
+        .iter()
+        .fold(usize::MAX, |m, p| m.min(p.as_ref().len()));
     let passes = (dim - offset) / N;
     for column in (offset..offset + passes * N).step_by(N) {
         let mut acc = [[0f32; N]; R];
+        if let Some(base) = base {
+            for (acc, base) in acc.iter_mut().zip(base) {
+                acc.copy_from_slice(&base[column..][..N]);
+            }
+        }
         for (p, value) in values.chunks_exact(dim).take(common).enumerate() {
             let value = &value[column..][..N];
             for (acc, probabilities) in acc.iter_mut().zip(probabilities) {
-                accumulate(acc, probabilities[p], value);
+                accumulate(acc, probabilities.as_ref()[p], value);
             }
         }
         for ((acc, probabilities), out) in acc.iter_mut().zip(probabilities).zip(out.iter_mut()) {
-            let later = values.chunks_exact(dim).zip(probabilities).skip(common);
+            let later = values
+                .chunks_exact(dim)
+                .zip(probabilities.as_ref())
+                .skip(common);
             for (value, &probability) in later {
                 accumulate(acc, probability, &value[column..][..N]);
             }
@@ -427,11 +539,40 @@ fn transpose(keys: &[f32], dim: usize, kt: &mut Vec<f32>) {
 
 #[cfg(test)]
 mod tests {
+    use half::f16;
+
     use super::*;
     use crate::kernels::Isa;
     use crate::vectorize::vectorized_on;
 
-    /// Every path gives the same bits, and every row of every head matches the formula in f64.
+    /// Every row of every query head, computed on the path of `isa`.
+    fn attend_on<E: CacheValue>(
+        isa: Isa,
+        q: &[f32],
+        keys: &[E],
+        values: &[E],
+        shape: AttentionShape,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; q.len()];
+        let scale = (shape.dim as f64).powf(-0.5) as f32;
+        let attention = Attention {
+            q,
+            keys,
+            values,
+            shape,
+            scale,
+        };
+        let all = AttendRows {
+            attention,
+            first: 0,
+            out: &mut shape.output_rows(&mut out),
+        };
+        vectorized_on(isa, all);
+        out
+    }
+
+    /// Every path gives the same bits, and every row of every head matches the formula in f64;
+    /// an f16 cache gives the bits of an f32 cache holding its values.
     fn check(rows: usize, dim: usize, len: usize) {
         let (batch, kv_heads, capacity, start) = (2, 3, 80, 63);
         let shape = AttentionShape {
@@ -448,30 +589,29 @@ mod tests {
         let q: Vec<f32> = (0..heads * rows * dim).map(value).collect();
         let keys: Vec<f32> = (0..heads * capacity * dim).map(|i| value(i + 5)).collect();
         let values: Vec<f32> = (0..keys.len()).map(|i| value(i + 9)).collect();
-        let run = |isa| {
-            let mut out = vec![0f32; q.len()];
-            let (q, keys, values) = (&q[..], &keys[..], &values[..]);
-            let scale = (dim as f64).powf(-0.5) as f32;
-            let attention = Attention {
-                q,
-                keys,
-                values,
-                shape,
-                scale,
-            };
-            let all = AttendRows {
-                attention,
-                first: 0,
-                out: &mut shape.output_rows(&mut out),
-            };
-            vectorized_on(isa, all);
-            out
-        };
-        let want = run(Isa::Scalar);
+        let want = attend_on(Isa::Scalar, &q, &keys, &values, shape);
+        let halves = |x: &[f32]| x.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>();
+        let (keys16, values16) = (halves(&keys), halves(&values));
+        let widened = |x: &[f16]| x.iter().map(|v| v.to_f32()).collect::<Vec<_>>();
+        let want16 = attend_on(
+            Isa::Scalar,
+            &q,
+            &widened(&keys16),
+            &widened(&values16),
+            shape,
+        );
+        assert_ne!(
+            want16, want,
+            "the f16 values must differ for the check to mean anything"
+        );
         for isa in Isa::supported() {
-            assert_eq!(run(isa), want, "{isa}, rows {rows}, dim {dim}");
+            let what = format!("{isa}, rows {rows}, dim {dim}");
+            assert_eq!(attend_on(isa, &q, &keys, &values, shape), want, "{what}");
+            let got16 = attend_on(isa, &q, &keys16, &values16, shape);
+            assert_eq!(got16, want16, "{what}, f16 cache");
         }
         assert_eq!(cached_attention(&q, &keys, &values, shape), want);
+        assert_eq!(cached_attention(&q, &keys16, &values16, shape), want16);
         // Position-major: query row `row` of key/value head `head % kv_heads` (of sequence
         // `head / kv_heads`) is query head `head % kv_heads * group + row / len` at `row % len`.
         let group = rows / len;

@@ -1,12 +1,16 @@
-//! New positions written straight into a KV cache buffer, keys rotated on the way.
+//! New positions written straight into a KV cache buffer, keys rotated on the way, and what a
+//! cache buffer may hold: f32 (exact) or f16 (half the bytes, llama.cpp's default cache type).
 //!
 //! Appending through Burn took the rotated keys as a tensor of their own and copied them into
 //! the cache, and the values (a view with swapped axes) through a strided copy, both on one
 //! thread: 1.2% of a 1-thread 700M prefill in `perf`, with a 2-thread prefill's other thread
 //! waiting meanwhile.
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use crate::kernels::{Isa, widen_halves};
 use crate::rope::RotateRows;
 use crate::rows::Rows;
 use crate::vectorize::vectorized;
@@ -14,15 +18,73 @@ use crate::vectorize::vectorized;
 /// Values below which a write runs on the calling thread (decode).
 const TASK_VALUES: usize = 16_384;
 
+/// A value a KV cache buffer stores. Everything is computed in f32: an f16 cache rounds the
+/// keys (after rotation) and values once, as they are written, and widens them as they are read.
+pub trait CacheValue: Copy + Send + Sync + 'static {
+    /// The values themselves when they are f32 (read in place), else `None`.
+    fn as_f32(values: &[Self]) -> Option<&[f32]>;
+    /// [`CacheValue::as_f32`], to be written.
+    fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]>;
+    /// `dst[i] = src[i]` as f32 (exact).
+    fn widen(src: &[Self], dst: &mut [f32]);
+    /// `dst[i] = src[i]` rounded to this type (to nearest, ties to even).
+    fn narrow(src: &[f32], dst: &mut [Self]);
+}
+
+impl CacheValue for f32 {
+    #[inline(always)]
+    fn as_f32(values: &[Self]) -> Option<&[f32]> {
+        Some(values)
+    }
+
+    #[inline(always)]
+    fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]> {
+        Some(values)
+    }
+
+    #[inline(always)]
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+
+    fn narrow(src: &[f32], dst: &mut [Self]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl CacheValue for f16 {
+    #[inline(always)]
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
+
+    /// Through the kernels' `vcvtph2ps` (`half`'s slice conversion calls an F16C function per
+    /// eight values, which cost more than the reads it saves).
+    #[inline(always)]
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        let isa = Isa::selected().unwrap_or(Isa::Scalar);
+        widen_halves(isa, src.reinterpret_cast(), dst);
+    }
+
+    fn narrow(src: &[f32], dst: &mut [Self]) {
+        dst.convert_from_f32_slice(src);
+    }
+}
+
 /// Writes the rows of `new` (`[batch, heads, len, dim]` as rows, read where they lie) into
 /// `cache` (`[batch, heads, capacity, dim]`, contiguous) at positions `start..start + len` of
 /// each sequence: rotated as [`crate::rope::rotate_half`] rotates them (same bits) when
-/// `tables` (`cos`, `sin`: `[len, dim]`) are given, else copied.
+/// `tables` (`cos`, `sin`: `[len, dim]`) are given, else copied; then rounded to the cache's
+/// type.
 ///
 /// # Panics
 /// If the lengths do not fit together or `start + len > capacity`: callers check shapes.
-pub fn write_positions(
-    cache: &mut [f32],
+pub fn write_positions<E: CacheValue>(
+    cache: &mut [E],
     capacity: usize,
     new: &Rows<'_>,
     start: usize,
@@ -40,9 +102,18 @@ pub fn write_positions(
     if let Some((cos, sin)) = tables {
         assert!(cos.len() == len * dim && sin.len() == cos.len() && dim.is_multiple_of(2));
     }
-    let write = |(sequence, buffer): (usize, &mut [f32])| {
-        let y = &mut buffer[start * dim..(start + len) * dim];
+    let write = |(sequence, buffer): (usize, &mut [E])| {
         let first_row = sequence * len;
+        let stored = &mut buffer[start * dim..(start + len) * dim];
+        // An f16 cache gets the f32 rows through a buffer, rounded as they are stored.
+        let mut widened = Vec::new();
+        let y = match E::as_f32_mut(stored) {
+            Some(y) => y,
+            None => {
+                widened.resize(len * dim, 0.0);
+                &mut widened[..]
+            }
+        };
         match tables {
             Some((cos, sin)) => vectorized(RotateRows {
                 y,
@@ -56,6 +127,9 @@ pub fn write_positions(
                     y.copy_from_slice(x);
                 }
             }
+        }
+        if !widened.is_empty() {
+            E::narrow(&widened, &mut buffer[start * dim..(start + len) * dim]);
         }
     };
     let sequences = cache.chunks_exact_mut(capacity * dim).enumerate();
@@ -103,6 +177,9 @@ mod tests {
                     .collect();
                 let mut cache = before.clone();
                 write_positions(&mut cache, capacity, &view(), start, tables);
+                // An f16 cache holds the same values rounded, and is untouched elsewhere too.
+                let mut halves: Vec<f16> = before.iter().map(|&v| f16::from_f32(v)).collect();
+                write_positions(&mut halves, capacity, &view(), start, tables);
                 for (i, (&got, &old)) in cache.iter().zip(&before).enumerate() {
                     let (sequence, position) = (i / (capacity * dim), i / dim % capacity);
                     let expected = if (start..start + len).contains(&position) {
@@ -111,6 +188,7 @@ mod tests {
                         old
                     };
                     assert_eq!(got, expected, "start {start}, len {len}, value {i}");
+                    assert_eq!(halves[i], f16::from_f32(expected), "f16, value {i}");
                 }
             }
         }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use bitnet_model::{BitNetModel, Tokenizer};
+use bitnet_model::{BitNetModel, CacheType, Tokenizer};
 use burn::tensor::Device;
 use clap::ValueEnum;
 
@@ -107,6 +107,10 @@ pub struct ModelArgs {
     /// about 1% of their largest magnitude (not lossless; the default head is).
     #[arg(long)]
     pub int8_head: bool,
+    /// What the KV cache stores: f32 (exact) or f16 (half its memory and of what decode reads
+    /// from it; llama.cpp's default, not lossless).
+    #[arg(long, default_value = "f32")]
+    pub cache_type: CacheType,
 }
 
 impl ModelArgs {
@@ -115,14 +119,15 @@ impl ModelArgs {
         self.model.clone().unwrap_or_else(demo_model_dir)
     }
 
-    /// Loads the model (see [`load_model`]), with the int8 head if asked for.
+    /// Loads the model (see [`load_model`]), with the int8 head and the cache type asked for.
     pub fn load(&self, device: &Device) -> anyhow::Result<BitNetModel> {
         let model = load_model(&self.path(), device)?;
-        Ok(if self.int8_head {
+        let model = if self.int8_head {
             model.with_int8_head()?
         } else {
             model
-        })
+        };
+        Ok(model.with_cache_type(self.cache_type)?)
     }
 
     /// `--tokenizer`, else the model's own (its directory's, GGUF metadata or the one stored in a

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bitnet_backend::{HalfMatrix, I2sWeights};
 use bitnet_model::{
-    Attention, BitLinear, BitNetConfig, BitNetModel, DecoderLayer, FeedForward, RmsNorm,
+    Attention, BitLinear, BitNetConfig, BitNetModel, CacheType, DecoderLayer, FeedForward, RmsNorm,
     RotaryEmbedding,
 };
 use burn::module::Param;
@@ -148,6 +148,7 @@ impl Builder<'_> {
             lm_head,
             half_head: half_head.flatten().map(Arc::new),
             int8_head: None,
+            cache_type: CacheType::default(),
             rope: RotaryEmbedding::new(c),
             config: c.clone(),
         })

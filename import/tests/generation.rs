@@ -316,7 +316,7 @@ fn greedy_generation_through_a_session_equals_the_golden_tokens() {
     for seq in case["sequences"].as_array().unwrap() {
         let prompt = ids(&seq["input_ids"]);
         let want = ids(&seq["greedy_next16"]);
-        let mut session = Session::new(&model, prompt.len() + 16);
+        let mut session = Session::new(&model, prompt.len() + 16).unwrap();
         let mut sampler = Sampler::new(SamplerConfig::greedy()).unwrap();
         let mut streamed = String::new();
         let out = session
@@ -336,7 +336,7 @@ fn greedy_generation_through_a_session_equals_the_golden_tokens() {
         assert_eq!(out.stats.generated_tokens, out.tokens.len());
     }
     // A prompt longer than the context is an error before any work, and the session survives.
-    let mut session = Session::new(&model, 4);
+    let mut session = Session::new(&model, 4).unwrap();
     let mut sampler = Sampler::new(SamplerConfig::greedy()).unwrap();
     let err = session
         .generate(&[5, 6, 7, 8, 9], &tokenizer, &mut sampler, &options, |_| {})

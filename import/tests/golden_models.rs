@@ -11,7 +11,7 @@ use bitnet_backend::Isa;
 use bitnet_backend::QuantizedActivations;
 use bitnet_backend::kernels::ternary_matmul_i32;
 use bitnet_import::load_hf_model;
-use bitnet_model::{BitLinear, BitNetModel, KvCache, token_nll};
+use bitnet_model::{BitLinear, BitNetModel, CacheType, KvCache, token_nll};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use common::{Golden, golden_dir};
 
@@ -121,7 +121,7 @@ fn argmax(row: &[f32]) -> i64 {
 
 /// Prefill, then one token at a time through the KV cache.
 fn greedy(model: &BitNetModel, prompt: &[i64], steps: usize, device: &Device) -> Vec<i64> {
-    let mut cache = model.new_cache(1, prompt.len() + steps);
+    let mut cache = model.new_cache(1, prompt.len() + steps).unwrap();
     let vocab = model.config.vocab_size;
     let mut logits = model.forward(tokens(prompt, device), &mut cache).unwrap();
     let mut out = Vec::new();
@@ -158,7 +158,7 @@ fn logits_and_hidden_states_match_the_reference() {
             for seq in &case.sequences {
                 let what = format!("{} {} on {device_name}", case.name, seq.id);
                 let g = |name: &str| case.golden.f32(&format!("{}.{name}", seq.id));
-                let mut cache = model.new_cache(1, seq.input_ids.len());
+                let mut cache = model.new_cache(1, seq.input_ids.len()).unwrap();
                 let (logits, hidden) = model
                     .forward_with_hidden(tokens(&seq.input_ids, &device), &mut cache)
                     .unwrap();
@@ -184,13 +184,32 @@ fn logits_and_hidden_states_match_the_reference() {
 /// every position's logits within the manifest's hard limit.
 #[test]
 fn int8_head_logits_stay_within_the_hard_limit() {
+    decode_within_the_hard_limit("int8 head", |model| {
+        let model = model.with_int8_head().unwrap();
+        assert!(model.int8_head.is_some() && model.half_head.is_none());
+        model
+    });
+}
+
+/// The opt-in f16 KV cache, fed one position at a time (each step reads every earlier
+/// position's rounded keys and values), keeps every position's logits within the hard limit.
+#[test]
+fn f16_cache_logits_stay_within_the_hard_limit() {
+    decode_within_the_hard_limit("f16 cache", |model| {
+        model.with_cache_type(CacheType::F16).unwrap()
+    });
+}
+
+/// Every golden sequence decoded one position at a time by each case's model as `variant`
+/// makes it, its logits checked against the reference's (the hard limit must hold; the tier
+/// reached is printed).
+fn decode_within_the_hard_limit(what: &str, variant: impl Fn(BitNetModel) -> BitNetModel) {
     let Some(cases) = cases() else { return };
     let device = Device::flex();
     for case in &cases {
-        let model = load(&case.model_dir, &device).with_int8_head().unwrap();
-        assert!(model.int8_head.is_some() && model.half_head.is_none());
+        let model = variant(load(&case.model_dir, &device));
         for seq in &case.sequences {
-            let mut cache = model.new_cache(1, seq.input_ids.len());
+            let mut cache = model.new_cache(1, seq.input_ids.len()).unwrap();
             let mut got = Vec::new();
             for &id in &seq.input_ids {
                 got.extend(values(
@@ -198,7 +217,7 @@ fn int8_head_logits_stay_within_the_hard_limit() {
                 ));
             }
             let want = case.golden.f32(&format!("{}.logits", seq.id));
-            let what = format!("{} {} int8 head", case.name, seq.id);
+            let what = format!("{} {} {what}", case.name, seq.id);
             let (max, mean) = diff(&got, &want);
             let absmax = max_abs(&want);
             tier(&what, &got, &want);
@@ -235,8 +254,10 @@ fn each_layer_teacher_forced_matches_the_reference() {
                     model.config.num_key_value_heads,
                     model.config.head_dim(),
                     len,
+                    CacheType::F32,
                     &device,
-                );
+                )
+                .unwrap();
                 let y = layer
                     .forward(x, (&cos, &sin), cache.layer_mut(0), 0)
                     .unwrap();

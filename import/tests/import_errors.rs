@@ -206,7 +206,7 @@ fn tokens_outside_the_vocabulary_and_context_overflow_are_errors() {
         "{err}"
     );
 
-    let mut cache = model.new_cache(1, 4);
+    let mut cache = model.new_cache(1, 4).unwrap();
     model.forward(tokens(vec![1, 2, 3]), &mut cache).unwrap();
     let err = model.forward(tokens(vec![4, 5]), &mut cache).unwrap_err();
     assert_eq!(

@@ -1,9 +1,75 @@
 //! Key/value cache, preallocated to the context size so decoding never reallocates.
 
+use std::fmt;
+use std::str::FromStr;
+
 use bitnet_backend::cache_write;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 
 use crate::error::{ModelError, Result};
+
+/// What a KV cache stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheType {
+    /// f32 keys and values: exact, what the reference computes with.
+    #[default]
+    F32,
+    /// f16 keys (after rotation) and values, rounded once as they are written and widened to
+    /// f32 as attention reads them: half the memory, and half of what each decode step reads
+    /// from the cache, a quarter of a 3B step's bytes at a depth of 512. llama.cpp's default
+    /// cache type; not lossless (the values are rounded).
+    F16,
+}
+
+impl CacheType {
+    /// The tensors' dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            CacheType::F32 => DType::F32,
+            CacheType::F16 => DType::F16,
+        }
+    }
+
+    /// Bytes per cached value.
+    pub fn value_bytes(self) -> usize {
+        self.dtype().size()
+    }
+
+    /// Checks that `device` has tensors of this type.
+    pub fn check(self, device: &Device) -> Result<()> {
+        if device.supports_dtype(self.dtype()) {
+            return Ok(());
+        }
+        Err(ModelError::Unsupported(format!(
+            "an {self} KV cache needs {self} tensors, which this device does not have (NdArray has no \
+             16-bit floats: use Flex)"
+        )))
+    }
+}
+
+impl FromStr for CacheType {
+    type Err = ModelError;
+
+    /// `f32` or `f16` (the names llama.cpp's `--cache-type-k` takes for them).
+    fn from_str(name: &str) -> Result<Self> {
+        match name {
+            "f32" => Ok(CacheType::F32),
+            "f16" => Ok(CacheType::F16),
+            other => Err(ModelError::Unsupported(format!(
+                "cache type `{other}`: expected f32 or f16"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for CacheType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CacheType::F32 => "f32",
+            CacheType::F16 => "f16",
+        })
+    }
+}
 
 /// Keys and values of one layer: `[batch, kv_heads, context, head_dim]` each.
 #[derive(Debug, Clone)]
@@ -46,27 +112,33 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// An empty cache for `context` positions.
+    /// An empty cache for `context` positions, storing `cache_type` values.
+    ///
+    /// # Errors
+    /// If `device` has no tensors of that type (NdArray has no f16).
     pub fn new(
         layers: usize,
         batch: usize,
         kv_heads: usize,
         head_dim: usize,
         context: usize,
+        cache_type: CacheType,
         device: &Device,
-    ) -> Self {
+    ) -> Result<Self> {
+        cache_type.check(device)?;
         let shape = [batch, kv_heads, context, head_dim];
+        let options = (device, cache_type.dtype());
         // A buffer each (clones would share one, and the first write of each layer would copy
         // it whole).
         let layer = || LayerCache {
-            keys: Tensor::zeros(shape, device),
-            values: Tensor::zeros(shape, device),
+            keys: Tensor::zeros(shape, options),
+            values: Tensor::zeros(shape, options),
         };
-        Self {
+        Ok(Self {
             layers: (0..layers).map(|_| layer()).collect(),
             len: 0,
             context,
-        }
+        })
     }
 
     /// Positions already cached.

@@ -113,13 +113,16 @@ pub struct Session<'m> {
 
 impl<'m> Session<'m> {
     /// An empty session for up to `context` positions.
-    pub fn new(model: &'m BitNetModel, context: usize) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// If the model's device cannot hold its cache type (see [`BitNetModel::new_cache`]).
+    pub fn new(model: &'m BitNetModel, context: usize) -> Result<Self> {
+        Ok(Self {
             model,
-            cache: model.new_cache(1, context),
+            cache: model.new_cache(1, context)?,
             history: Vec::new(),
             pending: None,
-        }
+        })
     }
 
     /// The context size in tokens.

@@ -28,7 +28,7 @@ pub mod train;
 
 pub use attention::Attention;
 pub use bitlinear::{BitLinear, BitLinearConfig, TernaryParam, ternarize};
-pub use cache::{KvCache, LayerCache};
+pub use cache::{CacheType, KvCache, LayerCache};
 pub use chat::{ChatMessage, ChatTemplate, Conversation, TurnText};
 pub use config::{BitNetConfig, FfnActivation, Llama3RopeScaling, TernaryLinearSpec};
 pub use error::{ModelError, Result};

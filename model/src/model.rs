@@ -11,7 +11,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::attention::Attention;
 use crate::bitlinear::{BitLinear, BitLinearConfig};
-use crate::cache::{KvCache, LayerCache};
+use crate::cache::{CacheType, KvCache, LayerCache};
 use crate::config::BitNetConfig;
 use crate::error::{ModelError, Result};
 use crate::feed_forward::FeedForward;
@@ -84,6 +84,9 @@ pub struct BitNetModel {
     /// not lossless: see [`BitNetModel::with_int8_head`]).
     #[module(skip)]
     pub int8_head: Option<Arc<Int8Matrix>>,
+    /// What [`BitNetModel::new_cache`] stores (see [`BitNetModel::with_cache_type`]).
+    #[module(skip)]
+    pub cache_type: CacheType,
     /// RoPE frequencies.
     #[module(skip)]
     pub rope: RotaryEmbedding,
@@ -172,6 +175,7 @@ impl BitNetConfig {
             }),
             half_head: None,
             int8_head: None,
+            cache_type: CacheType::F32,
             rope: RotaryEmbedding::new(self),
             config: self.clone(),
         })
@@ -201,17 +205,38 @@ impl BitNetModel {
         Ok(Self { layers, ..self })
     }
 
-    /// An empty KV cache for `batch` sequences of up to `context` positions.
-    pub fn new_cache(&self, batch: usize, context: usize) -> KvCache {
-        let device = self.embed_tokens.weight.val().device();
+    /// An empty KV cache for `batch` sequences of up to `context` positions, storing the
+    /// model's [`CacheType`].
+    ///
+    /// # Errors
+    /// If the model's device has no tensors of that type.
+    pub fn new_cache(&self, batch: usize, context: usize) -> Result<KvCache> {
         KvCache::new(
             self.layers.len(),
             batch,
             self.config.num_key_value_heads,
             self.config.head_dim(),
             context,
-            &device,
+            self.cache_type,
+            &self.device(),
         )
+    }
+
+    /// The device the model's weights are on.
+    fn device(&self) -> Device {
+        self.embed_tokens.weight.val().device()
+    }
+
+    /// Makes [`BitNetModel::new_cache`] (and so generation, perplexity and the examples) keep
+    /// keys and values as `cache_type`. [`CacheType::F16`] halves the cache's memory and what
+    /// decode reads of it; it is not lossless (each key and value is rounded to f16 once).
+    ///
+    /// # Errors
+    /// If the model's device has no tensors of that type (NdArray has no f16).
+    pub fn with_cache_type(mut self, cache_type: CacheType) -> Result<Self> {
+        cache_type.check(&self.device())?;
+        self.cache_type = cache_type;
+        Ok(self)
     }
 
     /// Logits of every new position, attending to everything already in `cache`.
@@ -281,7 +306,7 @@ impl BitNetModel {
     /// - output: `[batch, len, vocab]`
     pub fn forward_full(&self, tokens: Tensor<2, Int>) -> Result<Tensor<3>> {
         let [batch, len] = tokens.dims();
-        self.forward(tokens, &mut self.new_cache(batch, len))
+        self.forward(tokens, &mut self.new_cache(batch, len)?)
     }
 
     fn run(
@@ -384,9 +409,11 @@ impl BitNetModel {
 
     /// Bytes one decode step reads when `cached` positions are already in the cache: every
     /// layer's packed codes and norm weights, the LM head in the format decode uses, one
-    /// embedding row, and the keys and values (f32) of the `cached + 1` positions attended.
+    /// embedding row, and the keys and values (of the model's [`CacheType`]) of the
+    /// `cached + 1` positions attended.
     /// Over a step's time, the memory bandwidth decode draws.
     pub fn decode_bytes(&self, cached: usize) -> u64 {
+        let value_bytes = self.cache_type.value_bytes();
         let layers: usize = self
             .layers
             .iter()
@@ -405,7 +432,7 @@ impl BitNetModel {
                     .into_iter()
                     .chain(attn.sub_norm.as_ref())
                     .chain(mlp.sub_norm.as_ref());
-                let kv = 2 * attn.kv_heads * attn.head_dim * 4 * (cached + 1);
+                let kv = 2 * attn.kv_heads * attn.head_dim * value_bytes * (cached + 1);
                 linears.iter().map(|l| l.weight_bytes()).sum::<usize>()
                     + norms.map(RmsNorm::weight_bytes).sum::<usize>()
                     + kv

@@ -92,7 +92,7 @@ pub fn token_nll(model: &BitNetModel, tokens: &[u32], first: usize) -> Result<Ve
     let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, tokens.len()]), &device);
     // Only the positions that predict a scored token go through the LM head.
     let len = tokens.len();
-    let mut cache = model.new_cache(1, len);
+    let mut cache = model.new_cache(1, len)?;
     let logits = model.forward_positions(input, &mut cache, first - 1..len - 1)?;
     let vocab = logits.dims()[2];
     let log_probs = log_softmax(logits, 2)

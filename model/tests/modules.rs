@@ -2,7 +2,9 @@
 //! recompute, and `BitLinear::from_linear`.
 
 use bitnet_backend::ScaleConvention;
-use bitnet_model::{BitLinear, BitNetConfig, FfnActivation, Llama3RopeScaling, TernaryLinearSpec};
+use bitnet_model::{
+    BitLinear, BitNetConfig, CacheType, FfnActivation, Llama3RopeScaling, TernaryLinearSpec,
+};
 use burn::nn::LinearConfig;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
@@ -45,7 +47,7 @@ fn incremental_decoding_equals_full_recompute() {
             let all =
                 Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, ids.len()]), &device);
             let full = values(model.forward_full(all).unwrap());
-            let mut cache = model.new_cache(1, 16);
+            let mut cache = model.new_cache(1, 16).unwrap();
             let mut incremental = Vec::new();
             // A prefill of 4 tokens, then one token at a time.
             let prefill =
@@ -82,7 +84,7 @@ fn logits_of_some_positions_are_those_rows_of_the_full_logits() {
         // Nine rows, three, and the last alone (a packed model's 16-bit head copy takes up to
         // eight rows, the f32 matmul more).
         for positions in [2..11, 5..8, len - 1..len] {
-            let mut cache = model.new_cache(1, len);
+            let mut cache = model.new_cache(1, len).unwrap();
             let some = model
                 .forward_positions(tokens(), &mut cache, positions.clone())
                 .unwrap();
@@ -98,7 +100,7 @@ fn logits_of_some_positions_are_those_rows_of_the_full_logits() {
             }
         }
         for positions in [3..3, 4..len + 1] {
-            let mut cache = model.new_cache(1, len);
+            let mut cache = model.new_cache(1, len).unwrap();
             let err = model
                 .forward_positions(tokens(), &mut cache, positions)
                 .unwrap_err();
@@ -169,4 +171,53 @@ fn invalid_configs_are_errors() {
     let mut bad = config(FfnActivation::Silu, false, false);
     bad.hidden_size = 0;
     assert!(bad.init(&device).is_err());
+}
+
+#[test]
+fn an_f16_cache_is_an_option_of_backends_with_f16_tensors_and_halves_its_bytes() {
+    let config = config(FfnActivation::Silu, false, false);
+    #[allow(deprecated)]
+    let ndarray = config.init(&Device::ndarray()).unwrap();
+    let err = ndarray.with_cache_type(CacheType::F16).unwrap_err();
+    assert!(
+        err.to_string().contains("NdArray has no 16-bit floats"),
+        "{err}"
+    );
+    let parsed = ["f32", "f16"].map(|name| name.parse::<CacheType>().unwrap());
+    assert_eq!(parsed, [CacheType::F32, CacheType::F16]);
+    let err = "bf16".parse::<CacheType>().unwrap_err().to_string();
+    assert!(
+        err.contains("`bf16`") && err.contains("f32 or f16"),
+        "{err}"
+    );
+
+    let device = Device::flex();
+    let exact = config.init(&device).unwrap();
+    let cache_bytes =
+        |model: &bitnet_model::BitNetModel| model.decode_bytes(100) - model.decode_bytes(0);
+    let (full, exact_bytes) = (exact.clone(), cache_bytes(&exact));
+    let half = exact.with_cache_type(CacheType::F16).unwrap();
+    assert_eq!(cache_bytes(&half) * 2, exact_bytes);
+    // Decoding through the rounded cache stays close to the exact one (and is not identical,
+    // so the cache really holds f16 values).
+    let ids: Vec<i64> = vec![3, 17, 42, 5, 96, 0, 11, 64, 23];
+    let decode = |model: &bitnet_model::BitNetModel| {
+        let mut cache = model.new_cache(1, ids.len()).unwrap();
+        ids.iter()
+            .flat_map(|&id| {
+                let one = Tensor::<2, Int>::from_data(TensorData::new(vec![id], [1, 1]), &device);
+                values(model.forward(one, &mut cache).unwrap())
+            })
+            .collect::<Vec<_>>()
+    };
+    let (want, got) = (decode(&full), decode(&half));
+    let absmax = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let max = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        max > 0.0 && max <= 1e-2 * absmax,
+        "max|d| {max} of {absmax}"
+    );
 }

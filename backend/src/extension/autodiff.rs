@@ -8,7 +8,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::ops::{ActivationOps, FloatTensorOps};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, AutodiffBackend, Backend, TensorMetadata};
-use burn::tensor::{Shape, Slice, TensorData};
+use burn::tensor::{DType, Shape, Slice, TensorData};
 
 use super::TernaryOps;
 use crate::glu::FfnActivation;
@@ -153,10 +153,11 @@ impl<B: Backend + TernaryOps, C: CheckpointStrategy> TernaryOps for Autodiff<B, 
     ) -> FloatTensor<Self> {
         let shape = queries.shape();
         let (rows, dim, seen) = (shape[2], shape[3], start + len);
+        // An f16 cache is computed with in f32, as on the other backends.
         let filled = |t: FloatTensor<Self>| {
             let mut slices: Vec<Slice> = t.shape().iter().map(|&d| Slice::from(0..d)).collect();
             slices[2] = Slice::from(0..seen);
-            Self::float_slice(t, &slices)
+            Self::float_slice(in_dtype(t, DType::F32), &slices)
         };
         let keys = Self::float_swap_dims(filled(keys), 2, 3);
         let scale = (dim as f64).powf(-0.5);
@@ -186,6 +187,7 @@ impl<B: Backend + TernaryOps, C: CheckpointStrategy> TernaryOps for Autodiff<B, 
         let shape = new.shape();
         let mut slices: Vec<Slice> = shape.iter().map(|&d| Slice::from(0..d)).collect();
         slices[2] = Slice::from(start..start + shape[2]);
+        let new = in_dtype(new, cache.dtype());
         Self::float_slice_assign(cache, &slices, new)
     }
 
@@ -202,5 +204,14 @@ impl<B: Backend + TernaryOps, C: CheckpointStrategy> TernaryOps for Autodiff<B, 
 
     fn ternary_dequantize(packed: IntTensor<Self>, layout: TernaryLayout) -> FloatTensor<Self> {
         Self::from_inner(B::ternary_dequantize(packed, layout))
+    }
+}
+
+/// `t` cast to `dtype` (a tracked cast), unless it already is.
+fn in_dtype<B: Backend>(t: FloatTensor<Autodiff<B>>, dtype: DType) -> FloatTensor<Autodiff<B>> {
+    if t.dtype() == dtype {
+        t
+    } else {
+        Autodiff::<B>::float_cast(t, dtype.into())
     }
 }

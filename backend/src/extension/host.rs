@@ -8,6 +8,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::ndarray::NdArrayTensor;
 use burn::backend::{Flex, NdArray, TensorMetadata};
 use burn::tensor::{DType, Shape, TensorData};
+use half::f16;
 
 use super::TernaryOps;
 use crate::attention::{self, AttentionShape};
@@ -16,6 +17,7 @@ use crate::error::Result;
 use crate::glu::FfnActivation;
 use crate::i2s::{I2sView, PackedFormat, TernaryLayout};
 use crate::kernels::{Isa, ternary_linear_group as host_linear_group};
+use crate::kv::CacheValue;
 use crate::lut::{LutView, lut_linear};
 use crate::rows::Rows;
 use crate::{kv, norm, rope};
@@ -113,6 +115,15 @@ trait HostTensor: TensorMetadata + Sized {
     fn f32s_mut(&mut self) -> Option<&mut [f32]> {
         None
     }
+    /// The values of an f16 tensor (a 16-bit KV cache), in place when the tensor is
+    /// contiguous; `None` for other dtypes and on backends without f16 tensors (NdArray).
+    fn f16s(&self) -> Option<Cow<'_, [f16]>> {
+        None
+    }
+    /// The f16 values to overwrite in place, as [`HostTensor::f32s_mut`].
+    fn f16s_mut(&mut self) -> Option<&mut [f16]> {
+        None
+    }
     /// The f32 values as rows along the last axis, in row-major order of the other axes;
     /// in place where the backend can say where each row lies, else copied.
     fn f32_rows(&self) -> Rows<'_> {
@@ -132,11 +143,15 @@ impl HostTensor for FlexTensor {
     }
 
     fn f32s_mut(&mut self) -> Option<&mut [f32]> {
-        let (start, end) = self.layout().contiguous_offsets()?;
-        if self.dtype() != DType::F32 {
-            return None;
-        }
-        Some(&mut self.try_storage_mut::<f32>()?[start..end])
+        flex_slice_mut(self, DType::F32)
+    }
+
+    fn f16s(&self) -> Option<Cow<'_, [f16]>> {
+        (self.dtype() == DType::F16).then(|| flex_slice(self))
+    }
+
+    fn f16s_mut(&mut self) -> Option<&mut [f16]> {
+        flex_slice_mut(self, DType::F16)
     }
 
     /// A view with swapped axes (whose rows stay contiguous) is read in place: copying it
@@ -160,6 +175,19 @@ fn flex_slice<E: burn::tensor::Element + bytemuck::Pod>(t: &FlexTensor) -> Cow<'
             .to_vec()
             .into(),
     }
+}
+
+/// The values of `t` to overwrite in place, if they are contiguous values of `dtype` (that of
+/// `E`) and nothing else holds its buffer.
+fn flex_slice_mut<E: burn::tensor::Element + bytemuck::Pod>(
+    t: &mut FlexTensor,
+    dtype: DType,
+) -> Option<&mut [E]> {
+    let (start, end) = t.layout().contiguous_offsets()?;
+    if t.dtype() != dtype {
+        return None;
+    }
+    Some(&mut t.try_storage_mut::<E>()?[start..end])
 }
 
 /// The rows of `t` copied one after another (in place if it is contiguous).
@@ -245,22 +273,41 @@ fn linear<T: HostTensor, const N: usize>(
     group_on_host(&x.f32s(), &x.shape(), codes, layouts).map(T::from_host)
 }
 
-/// `new` written into `cache` at positions `start..` (see [`kv::write_positions`]): in place
-/// when the backend lets the cache's buffer be overwritten, else into a copy.
+/// `new` written into `cache` (f32, or f16 on Flex) at positions `start..` (see
+/// [`kv::write_positions`]).
 fn write_cache<T: HostTensor>(
-    mut cache: T,
+    cache: T,
     new: &T,
     start: usize,
     tables: Option<(&[f32], &[f32])>,
 ) -> T {
-    let shape = cache.shape();
     let rows = new.f32_rows();
-    if let Some(buffer) = cache.f32s_mut() {
-        kv::write_positions(buffer, shape[2], &rows, start, tables);
+    if cache.dtype() == DType::F16 {
+        let copy = |c: &T| c.f16s().expect("an f16 tensor").into_owned();
+        write_buffer(cache, T::f16s_mut, copy, &rows, start, tables)
+    } else {
+        let copy = |c: &T| c.f32s().into_owned();
+        write_buffer(cache, T::f32s_mut, copy, &rows, start, tables)
+    }
+}
+
+/// [`write_cache`] into values of type `E`: in place when the backend lets the cache's buffer
+/// be overwritten (`in_place`), else into a `copy`.
+fn write_buffer<T: HostTensor, E: CacheValue + burn::tensor::Element>(
+    mut cache: T,
+    in_place: impl FnOnce(&mut T) -> Option<&mut [E]>,
+    copy: impl FnOnce(&T) -> Vec<E>,
+    rows: &Rows<'_>,
+    start: usize,
+    tables: Option<(&[f32], &[f32])>,
+) -> T {
+    let shape = cache.shape();
+    if let Some(buffer) = in_place(&mut cache) {
+        kv::write_positions(buffer, shape[2], rows, start, tables);
         return cache;
     }
-    let mut buffer = cache.f32s().into_owned();
-    kv::write_positions(&mut buffer, shape[2], &rows, start, tables);
+    let mut buffer = copy(&cache);
+    kv::write_positions(&mut buffer, shape[2], rows, start, tables);
     T::from_host(TensorData::new(buffer, shape))
 }
 
@@ -325,9 +372,12 @@ macro_rules! host_ternary_ops {
                 start: usize,
                 len: usize,
             ) -> $tensor {
-                let (q, k, v) = (queries.f32s(), keys.f32s(), values.f32s());
+                let q = queries.f32s();
                 let shape = attention_shape(&queries.shape(), &keys.shape(), start, len);
-                let y = attention::cached_attention(&q, &k, &v, shape);
+                let y = match (keys.f16s(), values.f16s()) {
+                    (Some(k), Some(v)) => attention::cached_attention(&q, &k, &v, shape),
+                    _ => attention::cached_attention(&q, &keys.f32s(), &values.f32s(), shape),
+                };
                 <$tensor>::from_host(TensorData::new(y, shape.output_shape()))
             }
 

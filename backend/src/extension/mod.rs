@@ -104,7 +104,8 @@ pub trait TernaryOps: Backend {
     /// # Shapes
     /// - `queries`: `[batch, kv_heads, rows, dim]` (f32), query heads sharing a key/value head
     ///   stacked along `rows`; row `j` is at position `start + j % len`
-    /// - `keys`, `values`: `[batch, kv_heads, capacity, dim]`, positions `0..start + len` filled
+    /// - `keys`, `values`: `[batch, kv_heads, capacity, dim]`, positions `0..start + len`
+    ///   filled; both f32, or both f16 (a 16-bit cache, widened as it is read)
     /// - output: `[batch, len, heads, dim]`, `heads = kv_heads * rows / len`, position-major
     fn cached_attention(
         queries: FloatTensor<Self>,
@@ -118,7 +119,8 @@ pub trait TernaryOps: Backend {
     /// nothing else holds the buffer (see [`crate::kv::write_positions`]).
     ///
     /// # Shapes
-    /// - `cache`: `[batch, heads, capacity, dim]` (f32), `new`: `[batch, heads, len, dim]`
+    /// - `cache`: `[batch, heads, capacity, dim]` (f32, or f16: the new values are rounded as
+    ///   they are written), `new`: `[batch, heads, len, dim]` (f32)
     /// - output: `[batch, heads, capacity, dim]`
     fn cache_write(
         cache: FloatTensor<Self>,
@@ -422,7 +424,9 @@ pub fn rotary_embedding<const D: usize>(
 }
 
 /// Causal attention of `len` new positions starting at `start` over a key/value cache:
-/// `softmax(q k^T / sqrt(dim))` over the positions each query may see, times the values.
+/// `softmax(q k^T / sqrt(dim))` over the positions each query may see, times the values. A
+/// 16-bit cache (keys and values both f16, see [`cache_write`]) is read as it is stored and
+/// widened to f32 for the computation; any other dtype is computed with in f32.
 ///
 /// # Shapes
 /// - `queries`: `[batch, kv_heads, rows, dim]`, query heads sharing a key/value head stacked
@@ -453,10 +457,12 @@ pub fn cached_attention(
         )));
     }
     let dtype = queries.dtype();
+    let keys = as_cache(keys);
+    let values = restore(values, keys.dtype());
     let y = Tensor::<4>::from_dispatch(<Dispatch as TernaryOps>::cached_attention(
         as_f32(queries).into_dispatch(),
-        as_f32(keys).into_dispatch(),
-        as_f32(values).into_dispatch(),
+        keys.into_dispatch(),
+        values.into_dispatch(),
         start,
         len,
     ));
@@ -494,7 +500,10 @@ pub fn cache_write(
     // Taken out (an empty tensor stands in) so the op holds the only handle to the buffer.
     let buffer = std::mem::replace(cache, Tensor::empty([0; 4], &cache.device()));
     let dtype = buffer.dtype();
-    let (buffer, new) = (as_f32(buffer).into_dispatch(), as_f32(new).into_dispatch());
+    let (buffer, new) = (
+        as_cache(buffer).into_dispatch(),
+        as_f32(new).into_dispatch(),
+    );
     let written = match rotation {
         Some((cos, sin)) => <Dispatch as TernaryOps>::cache_write_rotated(
             buffer,
@@ -512,6 +521,15 @@ pub fn cache_write(
 /// The tensor in f32, which the host implementations read.
 fn as_f32<const D: usize>(t: Tensor<D>) -> Tensor<D> {
     restore(t, DType::F32)
+}
+
+/// A KV cache buffer as the host implementations read it: f16 as it is, anything else in f32.
+fn as_cache<const D: usize>(t: Tensor<D>) -> Tensor<D> {
+    if t.dtype() == DType::F16 {
+        t
+    } else {
+        as_f32(t)
+    }
 }
 
 /// The tensor in `dtype` (unchanged if it already is).

@@ -484,6 +484,25 @@ pub(crate) unsafe fn transpose_keys(
     columns
 }
 
+/// `dst[i]` = the f32 of the f16 with bits `src[i]` for the leading multiple of sixteen, one
+/// `vcvtph2ps` per sixteen (an f16 KV cache's keys and values, widened as attention reads them).
+/// Returns how many it converted.
+///
+/// # Safety
+/// The CPU supports AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn widen_halves(src: &[u16], dst: &mut [f32]) -> usize {
+    let done = src.len().min(dst.len()) / 16 * 16;
+    for i in (0..done).step_by(16) {
+        // SAFETY: `i + 16 <= done`, within both slices.
+        unsafe {
+            let halves = _mm256_loadu_si256(src.as_ptr().add(i).cast());
+            _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_cvtph_ps(halves));
+        }
+    }
+    done
+}
+
 /// Dwords `0..columns` (a multiple of 16) of sixteen rows `row` bytes apart from `src`,
 /// transposed: dword `s` of row `t` to `dst[s * stride + t]`, sixteen of every row at a time.
 ///

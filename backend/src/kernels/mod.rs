@@ -163,6 +163,26 @@ pub(crate) fn transpose_keys(isa: Isa, keys: &[f32], dim: usize, kt: &mut [f32],
     }
 }
 
+/// `dst[i]` = the f32 of the f16 with bits `src[i]` (exact; NaNs quieted, as `half` does): one
+/// `vcvtph2ps` per sixteen values on the AVX-512 path, a branch-free loop otherwise.
+///
+/// # Panics
+/// If the lengths differ.
+#[inline(always)]
+pub(crate) fn widen_halves(isa: Isa, src: &[u16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "one f32 per f16");
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && isa.is_supported() {
+        // SAFETY: the CPU was just checked to support AVX-512.
+        done = unsafe { avx512::widen_halves(src, dst) };
+    }
+    let _ = isa;
+    for (wide, &half) in dst[done..].iter_mut().zip(&src[done..]) {
+        *wide = scalar::f16_to_f32(half);
+    }
+}
+
 /// Asks for the cache lines of `values` ahead of their use, into L1: a hint for loops whose
 /// data lie too far apart, or stream too fast, for the hardware prefetcher.
 #[inline(always)]

@@ -75,3 +75,21 @@ fn keys_transpose_alike_on_every_path() {
         }
     }
 }
+
+#[test]
+fn halves_widen_as_half_widens_them_on_every_path() {
+    // Every bit pattern, then a length that leaves a remainder after the sixteens.
+    let all: Vec<u16> = (0..=u16::MAX).collect();
+    for bits in [&all[..], &all[1000..1037]] {
+        let want: Vec<u32> = bits
+            .iter()
+            .map(|&b| half::f16::from_bits(b).to_f32().to_bits())
+            .collect();
+        for isa in Isa::supported() {
+            let mut wide = vec![0f32; bits.len()];
+            widen_halves(isa, bits, &mut wide);
+            let got: Vec<u32> = wide.iter().map(|w| w.to_bits()).collect();
+            assert!(got == want, "{isa}, {} values", bits.len());
+        }
+    }
+}

@@ -57,7 +57,7 @@ pub fn write_tensors(dir: &Path, tensors: &Tensors) {
 
 /// The logits of every position of `ids` from an empty cache, `[len * vocab]`.
 pub fn logits(model: &BitNetModel, ids: &[i64], device: &Device) -> Vec<f32> {
-    let mut cache = model.new_cache(1, ids.len());
+    let mut cache = model.new_cache(1, ids.len()).unwrap();
     let input: Tensor<2, Int> =
         Tensor::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), device);
     let out = model.forward(input, &mut cache).unwrap();
