@@ -6,7 +6,6 @@
 //! of values straight from the cache buffers, only over the positions it may see; in prefill,
 //! blocks of four rows of a head do so together, sharing each load of keys and values.
 
-use std::cell::Cell;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -92,8 +91,9 @@ impl AttentionShape {
 /// Scores are scaled after the dot product and the softmax divides before the weighted sum, as
 /// Burn's ops do; the order of the sums depends only on the shape (sixteen lanes per dot
 /// product, or one column of keys after another), so last bits may differ from a matrix product.
-/// An f16 cache gives the bits of an f32 cache holding the same values: each task widens a
-/// head's keys and values once, then runs the f32 code on them.
+/// An f16 cache gives the bits of an f32 cache holding the same values: the f32 code runs on
+/// them widened, a whole head at a time for prefill rows and a few positions at a time for a
+/// decode row.
 ///
 /// # Panics
 /// If the lengths do not match `shape` or `start + len > capacity`: callers check shapes first.
@@ -207,18 +207,11 @@ impl<E: CacheValue> FloatLoop for AttendRows<'_, '_, '_, E> {
             out,
         } = self;
         let rows = attention.shape.rows;
-        thread_local! {
-            // Reused across calls: an f16 head widened into fresh buffers cost a page fault
-            // per 4 KiB each time (a 3B head at a depth of 512 is 460 KB).
-            static WIDENED: Cell<[Vec<f32>; 2]> = Cell::new(Default::default());
-        }
-        // Taken rather than borrowed, so a nested call on this thread (rayon work stealing)
-        // gets buffers of its own.
         let mut scratch = Scratch {
             kt: Vec::new(),
             kt_head: usize::MAX,
             scores: Default::default(),
-            widened: WIDENED.take(),
+            widened: Default::default(),
             widened_head: usize::MAX,
             chunk: Vec::new(),
         };
@@ -240,7 +233,6 @@ impl<E: CacheValue> FloatLoop for AttendRows<'_, '_, '_, E> {
             }
             rest = tail;
         }
-        WIDENED.set(scratch.widened);
     }
 }
 
@@ -293,9 +285,11 @@ impl<E: CacheValue> Attention<'_, E> {
                 }
                 Some((&wide_keys[..], &wide_values[..]))
             }
-            _ => None,
+            _ => {
+                chunk.resize(WIDEN_POSITIONS * dim, 0.0);
+                None
+            }
         };
-        chunk.resize(WIDEN_POSITIONS * dim, 0.0);
         if transposed {
             let (keys, _) = whole.expect("transposed rows read whole heads");
             if *kt_head != head {
@@ -307,14 +301,13 @@ impl<E: CacheValue> Attention<'_, E> {
             let scores = &mut scores[0];
             scores.clear();
             scores.resize(most, 0.0);
-            let keys = &keys[..most * dim];
             match whole {
                 Some((keys, _)) => dot_scores(queries, &keys[..most * dim], self.scale, scores),
                 None => {
                     let positions = WIDEN_POSITIONS * dim;
                     for (scores, keys) in scores
                         .chunks_mut(WIDEN_POSITIONS)
-                        .zip(keys.chunks(positions))
+                        .zip(keys[..most * dim].chunks(positions))
                     {
                         let wide = &mut chunk[..keys.len()];
                         E::widen(keys, wide);
