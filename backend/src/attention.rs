@@ -186,7 +186,8 @@ struct AttendRows<'a, 'b, 'c, E> {
 }
 
 /// What a task reuses from row to row: the keys of `kt_head` transposed, the scores, the keys
-/// and values of `widened_head` in f32 (an f16 cache's) and a few positions' of them (`chunk`).
+/// and values of `widened_head` in f32 (an f16 cache's), a few positions' of them (`chunk`)
+/// and a decode row's sums before the latest of those (`carried`).
 struct Scratch {
     kt: Vec<f32>,
     kt_head: usize,
@@ -194,6 +195,7 @@ struct Scratch {
     widened: [Vec<f32>; 2],
     widened_head: usize,
     chunk: Vec<f32>,
+    carried: Vec<f32>,
 }
 
 impl<E: CacheValue> FloatLoop for AttendRows<'_, '_, '_, E> {
@@ -214,6 +216,7 @@ impl<E: CacheValue> FloatLoop for AttendRows<'_, '_, '_, E> {
             widened: Default::default(),
             widened_head: usize::MAX,
             chunk: Vec::new(),
+            carried: Vec::new(),
         };
         let (mut row, mut rest) = (first, out);
         while !rest.is_empty() {
@@ -265,6 +268,7 @@ impl<E: CacheValue> Attention<'_, E> {
             widened,
             widened_head,
             chunk,
+            carried,
         } = scratch;
         let scores = &mut scores[..R];
         let transposed = rows >= TRANSPOSED_ROWS;
@@ -287,6 +291,7 @@ impl<E: CacheValue> Attention<'_, E> {
             }
             _ => {
                 chunk.resize(WIDEN_POSITIONS * dim, 0.0);
+                carried.resize(dim, 0.0);
                 None
             }
         };
@@ -333,15 +338,14 @@ impl<E: CacheValue> Attention<'_, E> {
                 // One row, its sums carried from chunk to chunk: each column's sum still runs
                 // over the positions in order, so the bits are those of one pass.
                 let values = &values[..most * dim];
-                let mut before = vec![0f32; dim];
                 let chunks = scores[0]
                     .chunks(WIDEN_POSITIONS)
                     .zip(values.chunks(WIDEN_POSITIONS * dim));
                 for (i, (probabilities, values)) in chunks.enumerate() {
                     let wide = &mut chunk[..values.len()];
                     E::widen(values, wide);
-                    before.copy_from_slice(out[0]);
-                    let base = (i > 0).then_some([&before[..]; R]);
+                    carried.copy_from_slice(out[0]);
+                    let base = (i > 0).then_some([&carried[..]; R]);
                     weighted_sum::<R>(&[probabilities], wide, out, base);
                 }
             }
