@@ -129,14 +129,7 @@ pub fn cached_attention<E: CacheValue>(
         return out;
     }
     let mut by_query_row = shape.output_rows(&mut out);
-    let scale = (dim as f64).powf(-0.5) as f32;
-    let attention = Attention {
-        q,
-        keys,
-        values,
-        shape,
-        scale,
-    };
+    let attention = Attention::new(q, keys, values, shape);
     let run = |first: usize, out: &mut [&mut [f32]]| {
         vectorized(AttendRows {
             attention,
@@ -177,6 +170,20 @@ impl<E> Clone for Attention<'_, E> {
 }
 
 impl<E> Copy for Attention<'_, E> {}
+
+impl<'a, E> Attention<'a, E> {
+    /// The inputs, scores scaled by `dim^-0.5`.
+    fn new(q: &'a [f32], keys: &'a [E], values: &'a [E], shape: AttentionShape) -> Self {
+        let scale = (shape.dim as f64).powf(-0.5) as f32;
+        Self {
+            q,
+            keys,
+            values,
+            shape,
+            scale,
+        }
+    }
+}
 
 /// Rows `first..` of all `batch * kv_heads * rows` query rows, into `out` (one slice each).
 struct AttendRows<'a, 'b, 'c, E> {

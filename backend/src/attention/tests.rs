@@ -15,16 +15,8 @@ fn attend_on<E: CacheValue>(
     shape: AttentionShape,
 ) -> Vec<f32> {
     let mut out = vec![0f32; q.len()];
-    let scale = (shape.dim as f64).powf(-0.5) as f32;
-    let attention = Attention {
-        q,
-        keys,
-        values,
-        shape,
-        scale,
-    };
     let all = AttendRows {
-        attention,
+        attention: Attention::new(q, keys, values, shape),
         first: 0,
         out: &mut shape.output_rows(&mut out),
     };
