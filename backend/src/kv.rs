@@ -23,6 +23,9 @@ const TASK_VALUES: usize = 16_384;
 pub trait CacheValue: Copy + Send + Sync + 'static {
     /// The values themselves when they are f32 (read in place), else `None`.
     fn as_f32(values: &[Self]) -> Option<&[f32]>;
+    /// The bits of the values when they are f16 (widened by the kernels as they load them),
+    /// else `None`.
+    fn as_halves(values: &[Self]) -> Option<&[u16]>;
     /// [`CacheValue::as_f32`], to be written.
     fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]>;
     /// `dst[i] = src[i]` as f32 (exact).
@@ -35,6 +38,11 @@ impl CacheValue for f32 {
     #[inline(always)]
     fn as_f32(values: &[Self]) -> Option<&[f32]> {
         Some(values)
+    }
+
+    #[inline(always)]
+    fn as_halves(_: &[Self]) -> Option<&[u16]> {
+        None
     }
 
     #[inline(always)]
@@ -56,6 +64,11 @@ impl CacheValue for f16 {
     #[inline(always)]
     fn as_f32(_: &[Self]) -> Option<&[f32]> {
         None
+    }
+
+    #[inline(always)]
+    fn as_halves(values: &[Self]) -> Option<&[u16]> {
+        Some(values.reinterpret_cast())
     }
 
     fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {

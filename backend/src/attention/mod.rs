@@ -11,9 +11,14 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::glu::exp_non_positive;
-use crate::kernels::{Isa, transpose_keys};
+use crate::kernels::Isa;
 use crate::kv::CacheValue;
-use crate::vectorize::{FloatLoop, lane_dot, lane_max, lane_sum, vectorized};
+use crate::vectorize::{FloatLoop, lane_max, lane_sum, vectorized_on};
+use dispatch::{row_scores, row_weighted_sum, transpose};
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod dispatch;
 
 /// Most query rows per rayon task (a decode step has one row per query head, so its tasks get
 /// fewer, enough for every thread to share the keys and values to stream; a prefill's tasks
@@ -91,9 +96,9 @@ impl AttentionShape {
 /// Scores are scaled after the dot product and the softmax divides before the weighted sum, as
 /// Burn's ops do; the order of the sums depends only on the shape (sixteen lanes per dot
 /// product, or one column of keys after another), so last bits may differ from a matrix product.
-/// An f16 cache gives the bits of an f32 cache holding the same values: the f32 code runs on
-/// them widened, a whole head at a time for prefill rows and a few positions at a time for a
-/// decode row.
+/// An f16 cache gives the bits of an f32 cache holding the same values: prefill rows run on a
+/// whole head widened, a decode row's AVX-512 kernels widen each value as they load it, and
+/// the other paths widen a few positions at a time.
 ///
 /// # Panics
 /// If the lengths do not match `shape` or `start + len > capacity`: callers check shapes first.
@@ -129,13 +134,17 @@ pub fn cached_attention<E: CacheValue>(
         return out;
     }
     let mut by_query_row = shape.output_rows(&mut out);
-    let attention = Attention::new(q, keys, values, shape);
+    let isa = Isa::selected().unwrap_or(Isa::Scalar);
+    let attention = Attention::new(q, keys, values, shape, isa);
     let run = |first: usize, out: &mut [&mut [f32]]| {
-        vectorized(AttendRows {
-            attention,
-            first,
-            out,
-        })
+        vectorized_on(
+            isa,
+            AttendRows {
+                attention,
+                first,
+                out,
+            },
+        )
     };
     if q.len() * (start + len) <= INLINE_WORK {
         run(0, &mut by_query_row);
@@ -160,6 +169,8 @@ struct Attention<'a, E> {
     values: &'a [E],
     shape: AttentionShape,
     scale: f32,
+    /// The path the float loops are compiled for, and the key loops take.
+    isa: Isa,
 }
 
 // Not derived: a derive would ask `E: Copy`, which the references do not need.
@@ -172,8 +183,8 @@ impl<E> Clone for Attention<'_, E> {
 impl<E> Copy for Attention<'_, E> {}
 
 impl<'a, E> Attention<'a, E> {
-    /// The inputs, scores scaled by `dim^-0.5`.
-    fn new(q: &'a [f32], keys: &'a [E], values: &'a [E], shape: AttentionShape) -> Self {
+    /// The inputs, scores scaled by `dim^-0.5`, computed on the path of `isa`.
+    fn new(q: &'a [f32], keys: &'a [E], values: &'a [E], shape: AttentionShape, isa: Isa) -> Self {
         let scale = (shape.dim as f64).powf(-0.5) as f32;
         Self {
             q,
@@ -181,6 +192,7 @@ impl<'a, E> Attention<'a, E> {
             values,
             shape,
             scale,
+            isa,
         }
     }
 }
@@ -278,14 +290,22 @@ impl<E: CacheValue> Attention<'_, E> {
             carried,
         } = scratch;
         let scores = &mut scores[..R];
-        let transposed = rows >= TRANSPOSED_ROWS;
-        // An f32 cache is read in place. An f16 one is widened a whole head at a time for rows
-        // against transposed keys (a prefill's rows share it), else a few positions at a time
-        // into L1: a whole decode head widened into L2 and read back cost more than the
-        // halved reads saved.
-        let whole = match (E::as_f32(keys), E::as_f32(values)) {
-            (Some(keys), Some(values)) => Some((keys, values)),
-            _ if transposed => {
+        if rows < TRANSPOSED_ROWS {
+            // One row (decode): one dot product per key, reading the cache as it is stored.
+            let (probabilities, keys, values) =
+                (&mut scores[0], &keys[..most * dim], &values[..most * dim]);
+            probabilities.clear();
+            probabilities.resize(most, 0.0);
+            row_scores(self.isa, queries, keys, self.scale, probabilities, chunk);
+            softmax(probabilities);
+            row_weighted_sum(self.isa, probabilities, values, out, chunk, carried);
+            return;
+        }
+        // Rows against transposed keys (a prefill's rows share them). An f32 cache is read in
+        // place, an f16 one widened a whole head at a time.
+        let (keys, values) = match (E::as_f32(keys), E::as_f32(values)) {
+            (Some(keys), Some(values)) => (keys, values),
+            _ => {
                 let [wide_keys, wide_values] = widened;
                 if *widened_head != head {
                     for (wide, stored) in [(&mut *wide_keys, keys), (&mut *wide_values, values)] {
@@ -294,84 +314,34 @@ impl<E: CacheValue> Attention<'_, E> {
                     }
                     *widened_head = head;
                 }
-                Some((&wide_keys[..], &wide_values[..]))
-            }
-            _ => {
-                chunk.resize(WIDEN_POSITIONS * dim, 0.0);
-                carried.resize(dim, 0.0);
-                None
+                (&wide_keys[..], &wide_values[..])
             }
         };
-        if transposed {
-            let (keys, _) = whole.expect("transposed rows read whole heads");
-            if *kt_head != head {
-                transpose(keys, dim, kt);
-                *kt_head = head;
-            }
-            column_scores::<R>(queries, kt, most, self.scale, scores);
-        } else {
-            let scores = &mut scores[0];
-            scores.clear();
-            scores.resize(most, 0.0);
-            match whole {
-                Some((keys, _)) => dot_scores(queries, &keys[..most * dim], self.scale, scores),
-                None => {
-                    let positions = WIDEN_POSITIONS * dim;
-                    for (scores, keys) in scores
-                        .chunks_mut(WIDEN_POSITIONS)
-                        .zip(keys[..most * dim].chunks(positions))
-                    {
-                        let wide = &mut chunk[..keys.len()];
-                        E::widen(keys, wide);
-                        dot_scores(queries, wide, self.scale, scores);
-                    }
-                }
-            }
+        if *kt_head != head {
+            transpose(self.isa, keys, dim, kt);
+            *kt_head = head;
         }
+        column_scores::<R>(queries, kt, most, self.scale, scores);
         for (scores, &seen) in scores.iter_mut().zip(&seen) {
             scores.truncate(seen);
-            let max = lane_max(scores);
-            for s in scores.iter_mut() {
-                *s = exp_non_positive(*s - max);
-            }
-            let total = lane_sum(scores);
-            for s in scores.iter_mut() {
-                *s /= total;
-            }
+            softmax(scores);
         }
-        match whole {
-            Some((_, values)) => weighted_sum::<R>(scores, &values[..most * dim], out, None),
-            None => {
-                // One row, its sums carried from chunk to chunk: each column's sum still runs
-                // over the positions in order, so the bits are those of one pass.
-                let values = &values[..most * dim];
-                let chunks = scores[0]
-                    .chunks(WIDEN_POSITIONS)
-                    .zip(values.chunks(WIDEN_POSITIONS * dim));
-                for (i, (probabilities, values)) in chunks.enumerate() {
-                    let wide = &mut chunk[..values.len()];
-                    E::widen(values, wide);
-                    carried.copy_from_slice(out[0]);
-                    let base = (i > 0).then_some([&carried[..]; R]);
-                    weighted_sum::<R>(&[probabilities], wide, out, base);
-                }
-            }
-        }
+        weighted_sum::<R>(scores, &values[..most * dim], out, None);
     }
 }
 
-/// `scores[p] = (queries · key p) * scale` for the keys one after another in `keys` (a plain
-/// loop: an iterator adapter's closure would be a call compiled without the path's features).
+/// `softmax(scores)` in place: `exp(s - max)`, each divided by their sum.
 #[inline(always)]
-fn dot_scores(queries: &[f32], keys: &[f32], scale: f32, scores: &mut [f32]) {
-    for (score, key) in scores.iter_mut().zip(keys.chunks_exact(queries.len())) {
-        *score = lane_dot(queries, key) * scale;
+fn softmax(scores: &mut [f32]) {
+    let max = lane_max(scores);
+    for s in scores.iter_mut() {
+        *s = exp_non_positive(*s - max);
+    }
+    let total = lane_sum(scores);
+    for s in scores.iter_mut() {
+        *s /= total;
     }
 }
-
-/// Positions of an f16 cache a decode row widens at a time: their keys or values (heads are
-/// at most 128 wide) stay in L1.
-const WIDEN_POSITIONS: usize = 32;
 
 /// Columns a pass of [`column_scores`] and [`weighted_sum`] keeps in registers per query row:
 /// four vectors of sixteen, four independent chains of additions.
@@ -525,19 +495,6 @@ fn accumulate<const N: usize>(acc: &mut [f32; N], weight: f32, x: &[f32]) {
     let x: &[f32; N] = x.try_into().expect("one pass of values");
     for i in 0..N {
         acc[i] += weight * x[i];
-    }
-}
-
-/// `kt[c * stride + p] = keys[p * dim + c]`: the keys of one head as columns, zero-padded to
-/// a `stride` that is a multiple of [`PASS`].
-#[inline(always)]
-fn transpose(keys: &[f32], dim: usize, kt: &mut Vec<f32>) {
-    let stride = (keys.len() / dim).next_multiple_of(PASS);
-    kt.clear();
-    kt.resize(stride * dim, 0.0);
-    let isa = Isa::selected().unwrap_or(Isa::Scalar);
-    for (block, keys) in keys.chunks(TAIL_PASS * dim).enumerate() {
-        transpose_keys(isa, keys, dim, &mut kt[block * TAIL_PASS..], stride);
     }
 }
 

@@ -4,6 +4,7 @@ use half::f16;
 
 use super::*;
 use crate::kernels::Isa;
+use crate::test_support::random;
 use crate::vectorize::vectorized_on;
 
 /// Every row of every query head, computed on the path of `isa`.
@@ -16,7 +17,7 @@ fn attend_on<E: CacheValue>(
 ) -> Vec<f32> {
     let mut out = vec![0f32; q.len()];
     let all = AttendRows {
-        attention: Attention::new(q, keys, values, shape),
+        attention: Attention::new(q, keys, values, shape, isa),
         first: 0,
         out: &mut shape.output_rows(&mut out),
     };
@@ -105,8 +106,13 @@ fn dot_product_scores_on_every_path() {
     // Head widths a decode pass of 96 covers exactly, or with a pass of 32 after it.
     check(1, 96, 1);
     check(1, 128, 1);
+    // Wider than one AVX-512 pass of the weighted sum (128 columns).
+    check(1, 144, 1);
     check(2, 37, 1);
     check(1, 8, 1);
+    // Grouped rows at four positions each: 64 to 67 keys, a group of sixteen and a few left.
+    check(4, 100, 4);
+    check(4, 16, 4);
 }
 
 #[test]
@@ -116,4 +122,31 @@ fn column_scores_on_every_path() {
     check(17, 96, 17);
     check(8, 128, 2);
     check(12, 8, 4);
+}
+
+#[test]
+fn keys_transpose_alike_on_every_path() {
+    for (dim, keys) in [
+        (16, 16),
+        (96, 16),
+        (128, 16),
+        (96, 5),
+        (37, 16),
+        (100, 16),
+        (8, 16),
+    ] {
+        let values = random(keys * dim, dim as u64, 4.0);
+        let stride = 80;
+        let mut want = vec![0f32; dim * stride];
+        for (t, key) in values.chunks_exact(dim).enumerate() {
+            for (c, &v) in key.iter().enumerate() {
+                want[c * stride + t] = v;
+            }
+        }
+        for isa in Isa::supported() {
+            let mut kt = vec![0f32; dim * stride];
+            dispatch::transpose_keys(isa, &values, dim, &mut kt, stride);
+            assert_eq!(kt, want, "{isa}, {keys} keys of {dim}");
+        }
+    }
 }

@@ -448,42 +448,6 @@ unsafe fn transpose_tokens(q: &[i8], row: usize, steps: &mut [i32]) {
     };
 }
 
-/// Columns `0..dim / 16 * 16` of sixteen keys of `dim` floats: `kt[c * stride + t] =
-/// keys[t * dim + c]`, transposed in registers (one scalar store per value was a tenth of a
-/// prefill's attention). Returns how many columns it wrote.
-///
-/// # Safety
-/// The CPU supports AVX-512F.
-#[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn transpose_keys(
-    keys: &[f32],
-    dim: usize,
-    kt: &mut [f32],
-    stride: usize,
-) -> usize {
-    let columns = dim / 16 * 16;
-    assert!(keys.len() == 16 * dim && stride >= 16);
-    if columns == 0 {
-        return 0;
-    }
-    assert!(
-        kt.len() >= (columns - 1) * stride + 16,
-        "the columns must fit"
-    );
-    // SAFETY: sixteen rows of `4 * dim` bytes fill `keys`, each holding the `columns` read;
-    // column `columns - 1` ends inside `kt`.
-    unsafe {
-        transpose_dwords(
-            keys.as_ptr().cast(),
-            4 * dim,
-            columns,
-            kt.as_mut_ptr().cast(),
-            stride,
-        )
-    };
-    columns
-}
-
 /// `dst[i]` = the f32 of the f16 with bits `src[i]` for the leading multiple of sixteen, one
 /// `vcvtph2ps` per sixteen (an f16 KV cache's keys and values, widened as attention reads them).
 /// Returns how many it converted.
@@ -510,7 +474,7 @@ pub(crate) unsafe fn widen_halves(src: &[u16], dst: &mut [f32]) -> usize {
 /// The CPU supports AVX-512F; `src` holds sixteen rows `row` bytes apart, each at least
 /// `4 * columns` bytes, and `dst` holds `(columns - 1) * stride + 16` dwords.
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose_dwords(
+pub(crate) unsafe fn transpose_dwords(
     src: *const u8,
     row: usize,
     columns: usize,

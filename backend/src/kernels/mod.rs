@@ -143,26 +143,6 @@ trait DecodingKernel {
     ) -> [[i32; T]; R];
 }
 
-/// Up to sixteen keys of `dim` floats as columns, `kt[c * stride + t] = keys[t * dim + c]`:
-/// for a full block on the AVX-512 path, whole groups of sixteen columns in registers, the
-/// rest one value at a time (the values are only moved, so every path gives the same bits).
-pub(crate) fn transpose_keys(isa: Isa, keys: &[f32], dim: usize, kt: &mut [f32], stride: usize) {
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && isa.is_supported() && keys.len() == 16 * dim {
-        // SAFETY: the CPU was just checked to support AVX-512.
-        done = unsafe { avx512::transpose_keys(keys, dim, kt, stride) };
-    }
-    let _ = isa;
-    // Column by column: each gets one run of contiguous stores.
-    for c in done..dim {
-        let column = &mut kt[c * stride..];
-        for (k, key) in column.iter_mut().zip(keys.chunks_exact(dim)) {
-            *k = key[c];
-        }
-    }
-}
-
 /// `dst[i]` = the f32 of the f16 with bits `src[i]` (exact; NaNs quieted, as `half` does): one
 /// `vcvtph2ps` per sixteen values on the AVX-512 path, a branch-free loop otherwise.
 ///

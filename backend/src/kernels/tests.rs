@@ -50,33 +50,6 @@ fn the_roofline_loop_runs_every_product() {
 }
 
 #[test]
-fn keys_transpose_alike_on_every_path() {
-    for (dim, keys) in [
-        (16, 16),
-        (96, 16),
-        (128, 16),
-        (96, 5),
-        (37, 16),
-        (100, 16),
-        (8, 16),
-    ] {
-        let values = random(keys * dim, dim as u64, 4.0);
-        let stride = 80;
-        let mut want = vec![0f32; dim * stride];
-        for (t, key) in values.chunks_exact(dim).enumerate() {
-            for (c, &v) in key.iter().enumerate() {
-                want[c * stride + t] = v;
-            }
-        }
-        for isa in Isa::supported() {
-            let mut kt = vec![0f32; dim * stride];
-            transpose_keys(isa, &values, dim, &mut kt, stride);
-            assert_eq!(kt, want, "{isa}, {keys} keys of {dim}");
-        }
-    }
-}
-
-#[test]
 fn halves_widen_as_half_widens_them_on_every_path() {
     // Every bit pattern, then a length that leaves a remainder after the sixteens.
     let all: Vec<u16> = (0..=u16::MAX).collect();
