@@ -137,16 +137,16 @@ unsafe fn dot_groups<S: Stored, const C: usize>(
         std::array::from_fn(|c| unsafe { load(queries.as_ptr().add(16 * c), masks[c]) });
     for first in (0..done).step_by(16) {
         let group = &keys[first * dim..][..16 * dim];
-        let lanes: [__m512; 16] = std::array::from_fn(|k| {
+        // A loop rather than `array::from_fn`, whose closure was compiled as a call per key.
+        let mut lanes = [_mm512_setzero_ps(); 16];
+        for (k, lanes) in lanes.iter_mut().enumerate() {
             let key = group[k * dim..].as_ptr();
-            let mut lanes = _mm512_setzero_ps();
             for c in 0..C {
                 // SAFETY: the lanes of `masks[c]` are values 16c.. of key `k`, inside it.
                 let x = unsafe { load(key.add(16 * c), masks[c]) };
-                lanes = _mm512_add_ps(lanes, _mm512_mul_ps(q[c], x));
+                *lanes = _mm512_add_ps(*lanes, _mm512_mul_ps(q[c], x));
             }
-            lanes
-        });
+        }
         let sums = _mm512_mul_ps(halvings(lanes), _mm512_set1_ps(scale));
         // SAFETY: first + 16 <= done <= scores.len().
         unsafe { _mm512_storeu_ps(scores.as_mut_ptr().add(first), sums) };
