@@ -187,7 +187,8 @@ pub enum Isa {
     Scalar,
     /// AVX2: `vpmaddubsw` on the unsigned codes.
     Avx2,
-    /// AVX-512 with VNNI: `vpdpbusd`.
+    /// AVX-512 with VNNI: `vpdpbusd` (and BW and VL, which its float loops and attention's
+    /// masked 16-bit loads use; every CPU with VNNI has them, the check says so).
     Avx512Vnni,
 }
 
@@ -216,6 +217,7 @@ impl Isa {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
             }
             #[cfg(not(target_arch = "x86_64"))]
