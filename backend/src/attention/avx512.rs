@@ -3,7 +3,11 @@
 
 use std::arch::x86_64::*;
 
+use super::dispatch::{RowLoops, Stored};
 use crate::kernels::avx512::transpose_dwords;
+
+/// The AVX-512 decode-row loops.
+pub(super) struct Avx512;
 
 /// Columns `0..dim / 16 * 16` of sixteen keys of `dim` floats: `kt[c * stride + t] =
 /// keys[t * dim + c]`, transposed in registers (one scalar store per value was a tenth of a
@@ -41,21 +45,6 @@ pub(super) unsafe fn transpose_keys(
     columns
 }
 
-/// How a cache buffer's values load into f32 lanes: f32 as they are, f16 (as bits) widened
-/// by `vcvtph2ps` on the way, so a 16-bit cache is read once, at half the bytes.
-pub(super) trait Stored: Copy {
-    /// Whether the values are f16 bits.
-    const HALF: bool;
-}
-
-impl Stored for f32 {
-    const HALF: bool = false;
-}
-
-impl Stored for u16 {
-    const HALF: bool = true;
-}
-
 /// The values at `at` in the lanes of `mask` as f32, the other lanes +0.0.
 ///
 /// # Safety
@@ -78,6 +67,28 @@ fn first_lanes(n: usize) -> __mmask16 {
     ((1u32 << n.min(16)) - 1) as u16
 }
 
+impl RowLoops for Avx512 {
+    unsafe fn dot_scores<S: Stored>(
+        queries: &[f32],
+        keys: &[S],
+        scale: f32,
+        scores: &mut [f32],
+    ) -> usize {
+        // SAFETY: forwarded from the caller.
+        unsafe { dot_scores(queries, keys, scale, scores) }
+    }
+
+    unsafe fn weighted_row<S: Stored>(
+        probabilities: &[f32],
+        values: &[S],
+        out: &mut [f32],
+    ) -> bool {
+        // SAFETY: forwarded from the caller.
+        unsafe { weighted_row(probabilities, values, out) };
+        true
+    }
+}
+
 /// `scores[p] = (queries · key p) * scale` for the keys of the leading whole groups of
 /// sixteen in `keys` (one after another, `queries.len()` values each), summed as
 /// [`crate::vectorize::lane_dot`] sums (sixteen lanes, the tail zero-padded, the lanes then
@@ -91,7 +102,7 @@ fn first_lanes(n: usize) -> __mmask16 {
 /// # Safety
 /// The CPU supports AVX-512F, BW and VL.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(super) unsafe fn dot_scores<S: Stored>(
+unsafe fn dot_scores<S: Stored>(
     queries: &[f32],
     keys: &[S],
     scale: f32,
@@ -169,7 +180,7 @@ const ROW_PASS: usize = 128;
 /// # Safety
 /// The CPU supports AVX-512F, BW and VL.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(super) unsafe fn weighted_row<S: Stored>(probabilities: &[f32], values: &[S], out: &mut [f32]) {
+unsafe fn weighted_row<S: Stored>(probabilities: &[f32], values: &[S], out: &mut [f32]) {
     let dim = out.len();
     assert!(
         values.len() >= probabilities.len() * dim,

@@ -1,9 +1,11 @@
-//! The loops of attention that have an AVX-512 kernel ([`super::avx512`]), behind one
-//! dispatch point: a decode row's scores and weighted sum, read from the cache as it is
-//! stored, and the keys of a head transposed into columns for prefill rows. Every path gives
-//! the portable loops' bits.
+//! The loops of attention that have kernels for an instruction set, behind one dispatch
+//! point: a decode row's scores and weighted sum, read from the cache as it is stored
+//! ([`super::avx512`], [`super::avx2`]), and the keys of a head transposed into columns for
+//! prefill rows (AVX-512). Every path gives the portable loops' bits.
 
 use super::{PASS, TAIL_PASS, weighted_sum};
+#[cfg(target_arch = "x86_64")]
+use super::{avx2::Avx2, avx512::Avx512};
 use crate::kernels::Isa;
 use crate::kv::CacheValue;
 use crate::vectorize::lane_dot;
@@ -13,10 +15,97 @@ use crate::vectorize::lane_dot;
 /// the halved reads saved).
 const WIDEN_POSITIONS: usize = 32;
 
+#[cfg(target_arch = "x86_64")]
+/// How a cache buffer's values load into f32 lanes: f32 as they are, f16 (as bits) widened
+/// by `vcvtph2ps` on the way, so a 16-bit cache is read once, at half the bytes.
+pub(super) trait Stored: Copy {
+    /// Whether the values are f16 bits.
+    const HALF: bool;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Stored for f32 {
+    const HALF: bool = false;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Stored for u16 {
+    const HALF: bool = true;
+}
+
+#[cfg(target_arch = "x86_64")]
+/// A decode row's loops on one instruction set, reading the cache as it is stored, with the
+/// portable loops' bits on its values as f32.
+pub(super) trait RowLoops {
+    /// `scores[p] = (queries · key p) * scale` for the leading keys of `keys` (one after
+    /// another, `queries.len()` values each) up to some whole group, each summed as
+    /// [`lane_dot`] sums; returns how many it wrote (none for a head it does not take).
+    ///
+    /// # Safety
+    /// The CPU supports the path.
+    unsafe fn dot_scores<S: Stored>(
+        queries: &[f32],
+        keys: &[S],
+        scale: f32,
+        scores: &mut [f32],
+    ) -> usize;
+
+    /// `out[c] = sum_p probabilities[p] * values[p][c]`, each sum from +0.0 in order of `p` as
+    /// [`weighted_sum`] adds it, `values` holding `probabilities.len()` rows of `out.len()`;
+    /// returns false, writing nothing, for a head it does not take.
+    ///
+    /// # Safety
+    /// The CPU supports the path.
+    unsafe fn weighted_row<S: Stored>(probabilities: &[f32], values: &[S], out: &mut [f32])
+    -> bool;
+}
+
+/// [`RowLoops::dot_scores`] of `L` on the cache's values as stored (0 for a type it cannot read).
+///
+/// # Safety
+/// The CPU supports `L`'s path.
+#[cfg(target_arch = "x86_64")]
+unsafe fn stored_scores<L: RowLoops, E: CacheValue>(
+    queries: &[f32],
+    keys: &[E],
+    scale: f32,
+    scores: &mut [f32],
+) -> usize {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match (E::as_f32(keys), E::as_halves(keys)) {
+            (Some(keys), _) => L::dot_scores(queries, keys, scale, scores),
+            (_, Some(halves)) => L::dot_scores(queries, halves, scale, scores),
+            _ => 0,
+        }
+    }
+}
+
+/// [`RowLoops::weighted_row`] of `L` on the cache's values as stored (false for a type it
+/// cannot read).
+///
+/// # Safety
+/// The CPU supports `L`'s path.
+#[cfg(target_arch = "x86_64")]
+unsafe fn stored_weighted_row<L: RowLoops, E: CacheValue>(
+    probabilities: &[f32],
+    values: &[E],
+    out: &mut [f32],
+) -> bool {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match (E::as_f32(values), E::as_halves(values)) {
+            (Some(values), _) => L::weighted_row(probabilities, values, out),
+            (_, Some(halves)) => L::weighted_row(probabilities, halves, out),
+            _ => false,
+        }
+    }
+}
+
 /// `scores[p] = (queries · key p) * scale` for the keys one after another in `keys`, each
-/// summed as [`lane_dot`] sums: on the AVX-512 path sixteen keys at a time straight from the
-/// cache (f16 widened as loaded); the keys left, and every key on the other paths, one at a
-/// time, an f16 cache's widened a few positions at a time into `chunk`.
+/// summed as [`lane_dot`] sums: on the AVX-512 and AVX2 paths sixteen or eight keys at a time
+/// straight from the cache (f16 widened as loaded); the keys left, and every key on the scalar
+/// path, one at a time, an f16 cache's widened a few positions at a time into `chunk`.
 #[inline(always)]
 pub(super) fn row_scores<E: CacheValue>(
     isa: Isa,
@@ -29,14 +118,13 @@ pub(super) fn row_scores<E: CacheValue>(
     let dim = queries.len();
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && isa.is_supported() {
-        use super::avx512::dot_scores;
-        // SAFETY: the CPU was just checked to support AVX-512.
+    if isa.is_supported() {
+        // SAFETY: the CPU was just checked to support the path.
         done = unsafe {
-            match (E::as_f32(keys), E::as_halves(keys)) {
-                (Some(keys), _) => dot_scores(queries, keys, scale, scores),
-                (_, Some(halves)) => dot_scores(queries, halves, scale, scores),
-                _ => 0,
+            match isa {
+                Isa::Avx512Vnni => stored_scores::<Avx512, E>(queries, keys, scale, scores),
+                Isa::Avx2 => stored_scores::<Avx2, E>(queries, keys, scale, scores),
+                Isa::Scalar => 0,
             }
         };
     }
@@ -68,9 +156,9 @@ fn dot_scores(queries: &[f32], keys: &[f32], scale: f32, scores: &mut [f32]) {
 }
 
 /// `out[0][c] = sum_p probabilities[p] * values[p][c]` for one query row, each sum in order of
-/// `p` ([`weighted_sum`]'s bits): on the AVX-512 path in one pass per 128 columns straight from
-/// the cache, else [`weighted_sum`], over an f16 cache's values widened a few positions at a
-/// time into `chunk`, the sums carried from one to the next in `carried`.
+/// `p` ([`weighted_sum`]'s bits): on the AVX-512 and AVX2 paths in passes of 128 or 64 columns
+/// straight from the cache, else [`weighted_sum`], over an f16 cache's values widened a few
+/// positions at a time into `chunk`, the sums carried from one to the next in `carried`.
 #[inline(always)]
 pub(super) fn row_weighted_sum<E: CacheValue>(
     isa: Isa,
@@ -81,15 +169,17 @@ pub(super) fn row_weighted_sum<E: CacheValue>(
     carried: &mut Vec<f32>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && isa.is_supported() {
-        use super::avx512::weighted_row;
-        // SAFETY: the CPU was just checked to support AVX-512.
-        unsafe {
-            match (E::as_f32(values), E::as_halves(values)) {
-                (Some(values), _) => return weighted_row(probabilities, values, out[0]),
-                (_, Some(halves)) => return weighted_row(probabilities, halves, out[0]),
-                _ => {}
+    if isa.is_supported() {
+        // SAFETY: the CPU was just checked to support the path.
+        let done = unsafe {
+            match isa {
+                Isa::Avx512Vnni => stored_weighted_row::<Avx512, E>(probabilities, values, out[0]),
+                Isa::Avx2 => stored_weighted_row::<Avx2, E>(probabilities, values, out[0]),
+                Isa::Scalar => false,
             }
+        };
+        if done {
+            return;
         }
     }
     let _ = isa;

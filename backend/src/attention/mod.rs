@@ -17,6 +17,8 @@ use crate::vectorize::{FloatLoop, lane_max, lane_sum, vectorized_on};
 use dispatch::{row_scores, row_weighted_sum, transpose};
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 mod dispatch;
 

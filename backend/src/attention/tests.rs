@@ -113,6 +113,8 @@ fn dot_product_scores_on_every_path() {
     // Grouped rows at four positions each: 64 to 67 keys, a group of sixteen and a few left.
     check(4, 100, 4);
     check(4, 16, 4);
+    // A last block of twelve: the AVX2 path's second register of it partly masked.
+    check(4, 44, 4);
 }
 
 #[test]

@@ -9,13 +9,6 @@ use super::{ACCUMULATORS, Half, LANES, reduce_lanes};
 /// alone the 3B head streamed at 30-32 GiB/s on one Zen 5 core, with this at 36-37.
 const PREFETCH_BYTES: usize = 8192;
 
-/// Whether this CPU has what the path needs.
-pub(super) fn is_supported() -> bool {
-    is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-}
-
 /// The order of [`super::scalar::dot`], eight lanes per instruction.
 ///
 /// # Safety

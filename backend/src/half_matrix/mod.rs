@@ -167,8 +167,9 @@ enum Path {
 impl Path {
     fn for_isa(isa: Isa) -> Result<Self> {
         isa.check_supported()?;
+        // Every vector path includes AVX2, FMA and F16C (`Isa::is_supported`), checked above.
         #[cfg(target_arch = "x86_64")]
-        if isa != Isa::Scalar && avx2::is_supported() {
+        if isa != Isa::Scalar {
             return Ok(Self::Avx2);
         }
         Ok(Self::Scalar)

@@ -185,7 +185,7 @@ pub(crate) fn prefetch<T>(values: &[T]) {
 pub enum Isa {
     /// Portable Rust, the reference every other path must equal.
     Scalar,
-    /// AVX2: `vpmaddubsw` on the unsigned codes.
+    /// AVX2 (with FMA and F16C): `vpmaddubsw` on the unsigned codes.
     Avx2,
     /// AVX-512 with VNNI: `vpdpbusd` (and BW and VL, which its float loops and attention's
     /// masked 16-bit loads use; every CPU with VNNI has them, the check says so).
@@ -206,15 +206,23 @@ impl Isa {
     /// Every instruction set this build knows, fastest last.
     pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
 
-    /// Whether this CPU can run the path.
+    /// Whether this CPU can run the path. Both vector paths also compile float loops with FMA
+    /// and read f16 with F16C, which every CPU with AVX2 in practice has, but which are
+    /// separate features.
     pub fn is_supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = || {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+        };
         match self {
             Self::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Self::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            Self::Avx2 => avx2(),
             #[cfg(target_arch = "x86_64")]
             Self::Avx512Vnni => {
-                std::arch::is_x86_feature_detected!("avx2")
+                avx2()
                     && std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vl")
