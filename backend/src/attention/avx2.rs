@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::dispatch::{RowLoops, Stored};
+use super::dispatch::{RowLoops, Stored, by_count};
 
 /// The AVX2 (with FMA and F16C) decode-row loops.
 pub(super) struct Avx2;
@@ -22,18 +22,13 @@ impl RowLoops for Avx2 {
         }
         // SAFETY: forwarded from the caller; the head is even when the values are halves.
         unsafe {
-            match queries.len().div_ceil(16) {
-                1 => dot_groups::<S, 1>(queries, keys, scale, scores),
-                2 => dot_groups::<S, 2>(queries, keys, scale, scores),
-                3 => dot_groups::<S, 3>(queries, keys, scale, scores),
-                4 => dot_groups::<S, 4>(queries, keys, scale, scores),
-                5 => dot_groups::<S, 5>(queries, keys, scale, scores),
-                6 => dot_groups::<S, 6>(queries, keys, scale, scores),
-                7 => dot_groups::<S, 7>(queries, keys, scale, scores),
-                8 => dot_groups::<S, 8>(queries, keys, scale, scores),
-                // No head, or one wider than 128: the portable loop.
-                _ => 0,
-            }
+            // No head, or one wider than 128: the portable loop.
+            by_count!(
+                queries.len().div_ceil(16),
+                [1, 2, 3, 4, 5, 6, 7, 8],
+                |N| dot_groups::<S, N>(queries, keys, scale, scores),
+                0
+            )
         }
     }
 
@@ -59,20 +54,12 @@ impl RowLoops for Avx2 {
             // SAFETY: forwarded from the caller; `column + width <= dim`, and `width` is even
             // when the values are halves (`dim` and `pass` are).
             unsafe {
-                match width.div_ceil(8) {
-                    1 => weighted_pass::<S, 1>(probabilities, values, column, width, out),
-                    2 => weighted_pass::<S, 2>(probabilities, values, column, width, out),
-                    3 => weighted_pass::<S, 3>(probabilities, values, column, width, out),
-                    4 => weighted_pass::<S, 4>(probabilities, values, column, width, out),
-                    5 => weighted_pass::<S, 5>(probabilities, values, column, width, out),
-                    6 => weighted_pass::<S, 6>(probabilities, values, column, width, out),
-                    7 => weighted_pass::<S, 7>(probabilities, values, column, width, out),
-                    8 => weighted_pass::<S, 8>(probabilities, values, column, width, out),
-                    9 => weighted_pass::<S, 9>(probabilities, values, column, width, out),
-                    10 => weighted_pass::<S, 10>(probabilities, values, column, width, out),
-                    11 => weighted_pass::<S, 11>(probabilities, values, column, width, out),
-                    _ => weighted_pass::<S, 12>(probabilities, values, column, width, out),
-                }
+                by_count!(
+                    width.div_ceil(8),
+                    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+                    |N| weighted_pass::<S, N>(probabilities, values, column, width, out),
+                    unreachable!("a pass is at most {} registers", PASS_REGISTERS)
+                )
             }
         }
         true

@@ -102,6 +102,23 @@ unsafe fn stored_weighted_row<L: RowLoops, E: CacheValue>(
     }
 }
 
+/// `$call` with `$n`, one of the listed counts, as the constant `$c` it names (a const generic
+/// argument must be a constant, so each count is an arm of its own); `$other` for any other.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_count {
+    ($n:expr, [$($k:literal),*], |$c:ident| $call:expr, $other:expr) => {
+        match $n {
+            $($k => {
+                const $c: usize = $k;
+                $call
+            })*
+            _ => $other,
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(super) use by_count;
+
 /// `scores[p] = (queries · key p) * scale` for the keys one after another in `keys`, each
 /// summed as [`lane_dot`] sums: on the AVX-512 and AVX2 paths sixteen or eight keys at a time
 /// straight from the cache (f16 widened as loaded); the keys left, and every key on the scalar
