@@ -9,7 +9,8 @@
 use std::arch::x86_64::*;
 
 use super::{GROUP_BYTES, GROUP_WEIGHTS};
-use crate::kernels::avx512::{load64, packed_tile, prefetch_distance};
+use crate::kernels::avx512::{load64, packed_tile};
+use crate::kernels::prefetch_distance;
 
 /// Rows per tile: sixteen independent accumulator chains, every activation load shared by eight
 /// rows (four rows per tile decoded 4% slower on the 3B layout).

@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::DecodingKernel;
+use super::{DecodingKernel, prefetch_distance};
 use crate::i2s::{BLOCK, BLOCK_BYTES};
 use crate::vectorize::FloatLoop;
 
@@ -21,6 +21,7 @@ const GEMV_ROWS: usize = 2;
 
 impl DecodingKernel for Avx2 {
     unsafe fn gemv(codes: &[u8], row_bytes: usize, q: &[i8], out: &mut [i32]) {
+        let ahead = prefetch_distance(GEMV_ROWS * row_bytes);
         for (rows, out) in codes
             .chunks(GEMV_ROWS * row_bytes)
             .zip(out.chunks_mut(GEMV_ROWS))
@@ -28,10 +29,10 @@ impl DecodingKernel for Avx2 {
             if out.len() == GEMV_ROWS {
                 let (a, b) = rows.split_at(row_bytes);
                 // SAFETY: the caller guarantees AVX2; each row is `row_bytes`, q is `4 * row_bytes`.
-                out.copy_from_slice(&unsafe { gemv_tile([a, b], q) });
+                out.copy_from_slice(&unsafe { gemv_tile([a, b], q, ahead) });
             } else {
                 // SAFETY: as above.
-                out[0] = unsafe { gemv_tile([rows], q) }[0];
+                out[0] = unsafe { gemv_tile([rows], q, ahead) }[0];
             }
         }
     }
@@ -90,12 +91,13 @@ unsafe fn load<T>(ptr: *const T) -> __m256i {
     unsafe { _mm256_loadu_si256(ptr.cast()) }
 }
 
-/// Sums `code * q` over `R` packed rows against one token.
+/// Sums `code * q` over `R` packed rows against one token, prefetching the bytes `ahead` of
+/// each block read.
 ///
 /// # Safety
 /// Every row is `q.len() / 4` bytes and `q.len()` is a multiple of 128.
 #[target_feature(enable = "avx2")]
-unsafe fn gemv_tile<const R: usize>(rows: [&[u8]; R], q: &[i8]) -> [i32; R] {
+unsafe fn gemv_tile<const R: usize>(rows: [&[u8]; R], q: &[i8], ahead: usize) -> [i32; R] {
     let blocks = q.len() / BLOCK;
     debug_assert!(rows.iter().all(|r| r.len() == blocks * BLOCK_BYTES));
     let ones = _mm256_set1_epi16(1);
@@ -105,6 +107,15 @@ unsafe fn gemv_tile<const R: usize>(rows: [&[u8]; R], q: &[i8]) -> [i32; R] {
         let end = (start + GEMV_BLOCKS_PER_FLUSH).min(blocks);
         let mut acc16 = [_mm256_setzero_si256(); R];
         for b in start..end {
+            if b % 2 == 0 {
+                for row in rows {
+                    // A hint only (no fault past the end): rows are short streams, as in the
+                    // AVX-512 decode kernel.
+                    _mm_prefetch::<_MM_HINT_T1>(
+                        row.as_ptr().wrapping_add(b * BLOCK_BYTES + ahead).cast(),
+                    );
+                }
+            }
             // SAFETY: b < blocks, so the 128 activations and 32 packed bytes of block b exist.
             let x: [__m256i; 4] = std::array::from_fn(|g| unsafe {
                 load(q.as_ptr().add(b * BLOCK + g * BLOCK_BYTES))

@@ -19,7 +19,7 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::{ROOFLINE_CHAINS, SumLayout, TernaryKernel, store};
+use super::{ROOFLINE_CHAINS, SumLayout, TernaryKernel, prefetch_distance, store};
 use crate::i2s::{BLOCK, BLOCK_BYTES};
 use crate::vectorize::FloatLoop;
 
@@ -27,19 +27,6 @@ pub(super) struct Avx512Vnni;
 
 /// Rows per tile: with one token, four independent accumulator chains hide `vpdpbusd`'s latency.
 const ROWS: usize = 4;
-/// How far ahead of the rows being read the next rows are prefetched (into L2): two tiles,
-/// and at least [`MIN_PREFETCH_BYTES`]. Two tiles measured best on the 3B layers (21 GiB/s on
-/// one core, the bandwidth STREAM gets; one tile: 14, four: 20).
-const TILES_AHEAD: usize = 2;
-/// Two tiles of the 700M layout's short rows (384 bytes at K = 1536) are only 3 KiB, too
-/// little to hide DRAM latency: at least 8 KiB took its decode sweep from 15-16 to 18-21 GiB/s
-/// on one core and 25-26 to 28-29 on two (16 KiB: no better at two threads).
-const MIN_PREFETCH_BYTES: usize = 8192;
-
-/// The prefetch distance in bytes for tiles of `tile_bytes` packed bytes.
-pub(crate) fn prefetch_distance(tile_bytes: usize) -> usize {
-    (TILES_AHEAD * tile_bytes).max(MIN_PREFETCH_BYTES)
-}
 /// Tokens per tile when there are several: 4 x 4 accumulators fit the register file with the
 /// 8 unpacked code vectors.
 const TOKENS: usize = 4;
