@@ -5,7 +5,7 @@ use std::arch::x86_64::*;
 use super::{ACCUMULATORS, Half, LANES, reduce_lanes};
 
 /// How far ahead of the values multiplied their cache lines are requested, in bytes, as the
-/// ternary kernels do (`kernels::MIN_PREFETCH_BYTES`): with the hardware prefetcher
+/// ternary kernels do (`kernels::prefetch::MIN_PREFETCH_BYTES`): with the hardware prefetcher
 /// alone the 3B head streamed at 30-32 GiB/s on one Zen 5 core, with this at 36-37.
 const PREFETCH_BYTES: usize = 8192;
 

@@ -21,6 +21,7 @@ pub(crate) mod avx2;
 pub(crate) mod avx512;
 mod decode;
 mod finish;
+mod prefetch;
 mod scalar;
 #[cfg(test)]
 mod tests;
@@ -28,6 +29,9 @@ mod tests;
 pub(crate) use decode::{DecodeRows, gemv_group};
 pub(crate) use finish::finish_linear;
 use finish::finish_tokens;
+pub(crate) use prefetch::prefetch;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use prefetch::prefetch_distance;
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -161,37 +165,6 @@ pub(crate) fn widen_halves(isa: Isa, src: &[u16], dst: &mut [f32]) {
     for (wide, &half) in dst[done..].iter_mut().zip(&src[done..]) {
         *wide = scalar::f16_to_f32(half);
     }
-}
-
-/// How far ahead of the rows being read the next rows are prefetched (into L2) by the decode
-/// kernels: two tiles, and at least [`MIN_PREFETCH_BYTES`]. Two tiles measured best on the 3B
-/// layers with AVX-512 (21 GiB/s on one core, the bandwidth STREAM gets; one tile: 14, four: 20).
-const TILES_AHEAD: usize = 2;
-/// Two tiles of the 700M layout's short rows (384 bytes at K = 1536) are only 3 KiB, too
-/// little to hide DRAM latency: at least 8 KiB took its decode sweep from 15-16 to 18-21 GiB/s
-/// on one core and 25-26 to 28-29 on two (16 KiB: no better at two threads).
-const MIN_PREFETCH_BYTES: usize = 8192;
-
-/// The prefetch distance in bytes for decode tiles of `tile_bytes` packed bytes.
-pub(crate) fn prefetch_distance(tile_bytes: usize) -> usize {
-    (TILES_AHEAD * tile_bytes).max(MIN_PREFETCH_BYTES)
-}
-
-/// Asks for the cache lines of `values` ahead of their use, into L1: a hint for loops whose
-/// data lie too far apart, or stream too fast, for the hardware prefetcher.
-#[inline(always)]
-pub(crate) fn prefetch<T>(values: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in values.chunks((64 / size_of::<T>().max(1)).max(1)) {
-        // SAFETY: a prefetch is a hint that never faults, and SSE is in x86-64's baseline.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr().cast(),
-            )
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = values;
 }
 
 /// An instruction set a ternary kernel can run on.
