@@ -119,9 +119,11 @@ unsafe fn dot_groups<S: Stored, const C: usize>(
     // Values past the head load as +0.0, as the portable loop pads its last block.
     let widths: [[usize; 2]; C] =
         std::array::from_fn(|c| [0, 8].map(|h| dim.saturating_sub(16 * c + h)));
+    // A half past the head (width 0) reads nothing, but its address may lie past the slice:
+    // `wrapping_add`, which is defined there, where `add` is not.
     // SAFETY: each load reads at most the values of the query its width counts.
     let q: [[__m256; 2]; C] = std::array::from_fn(|c| {
-        [0, 1].map(|h| unsafe { load(queries.as_ptr().add(16 * c + 8 * h), widths[c][h]) })
+        [0, 1].map(|h| unsafe { load(queries.as_ptr().wrapping_add(16 * c + 8 * h), widths[c][h]) })
     });
     for first in (0..done).step_by(8) {
         let group = &keys[first * dim..][..8 * dim];
@@ -133,7 +135,7 @@ unsafe fn dot_groups<S: Stored, const C: usize>(
             for c in 0..C {
                 for h in 0..2 {
                     // SAFETY: the load reads at most the values of key `k` its width counts.
-                    let x = unsafe { load(key.add(16 * c + 8 * h), widths[c][h]) };
+                    let x = unsafe { load(key.wrapping_add(16 * c + 8 * h), widths[c][h]) };
                     lanes[h] = _mm256_add_ps(lanes[h], _mm256_mul_ps(q[c][h], x));
                 }
             }
