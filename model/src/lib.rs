@@ -21,6 +21,7 @@ pub mod generate;
 pub mod model;
 pub mod norm;
 pub mod perplexity;
+mod pool;
 pub mod rope;
 pub mod sampling;
 pub mod tokenizer;

@@ -16,6 +16,7 @@ use crate::config::BitNetConfig;
 use crate::error::{ModelError, Result};
 use crate::feed_forward::FeedForward;
 use crate::norm::{RmsNorm, RmsNormConfig};
+use crate::pool::with_pool_awake;
 use crate::rope::RotaryEmbedding;
 
 /// One pre-norm decoder block: `h = x + attn(norm(x))`, `out = h + ffn(norm(h))`.
@@ -309,7 +310,18 @@ impl BitNetModel {
         self.forward(tokens, &mut self.new_cache(batch, len)?)
     }
 
+    /// The final norm's output for the new tokens, with the pool kept awake between the
+    /// layers' parallel calls ([`with_pool_awake`]).
     fn run(
+        &self,
+        tokens: Tensor<2, Int>,
+        cache: &mut KvCache,
+        keep_hidden: bool,
+    ) -> Result<(Tensor<3>, Option<HiddenStates>)> {
+        with_pool_awake(|| self.run_layers(tokens, cache, keep_hidden))
+    }
+
+    fn run_layers(
         &self,
         tokens: Tensor<2, Int>,
         cache: &mut KvCache,
