@@ -56,13 +56,7 @@ impl FfnActivation {
     /// If the slices differ in length: callers check shapes first.
     pub fn apply_in_place(self, gate: &mut [f32], up: &[f32]) {
         assert_eq!(gate.len(), up.len(), "gate and up must have one length");
-        let run = |(gate, up): (&mut [f32], &[f32])| {
-            vectorized(GatedSlice {
-                activation: self,
-                gate,
-                up,
-            })
-        };
+        let run = |(gate, up): (&mut [f32], &[f32])| self.apply_row(gate, up);
         if gate.len() <= CHUNK {
             run((gate, up));
         } else {
@@ -70,6 +64,16 @@ impl FfnActivation {
                 .zip(up.par_chunks(CHUNK))
                 .for_each(run);
         }
+    }
+
+    /// [`FfnActivation::apply_in_place`] on the calling thread: one row of a feed-forward
+    /// block, computed just before it is quantized.
+    pub(crate) fn apply_row(self, gate: &mut [f32], up: &[f32]) {
+        vectorized(GatedSlice {
+            activation: self,
+            gate,
+            up,
+        })
     }
 }
 

@@ -32,7 +32,8 @@ pub use base3::{I2sBase3View, I2sBase3Weights};
 pub use error::{Result, TernaryError};
 pub use extension::{
     TernaryLinearExt, TernaryOps, TernaryWeight, cache_write, cached_attention, gated_activation,
-    rms_norm, rotary_embedding, ternary_linear, ternary_linear_group,
+    gated_rms_norm_ternary_linear, rms_norm, rms_norm_ternary_linear_group, rotary_embedding,
+    ternary_linear, ternary_linear_group,
 };
 pub use glu::FfnActivation;
 pub use half_matrix::HalfMatrix;
@@ -40,5 +41,5 @@ pub use i2s::{I2sView, I2sWeights, PackedFormat, ScaleConvention, TernaryLayout}
 pub use int8_matrix::Int8Matrix;
 pub use kernels::Isa;
 pub use lut::{LutView, LutWeights};
-pub use quant::{ActivationScale, QuantizedActivations};
+pub use quant::{ActivationScale, ActivationSource, NormWeight, QuantizedActivations};
 pub use select::KernelChoice;

@@ -34,6 +34,17 @@ pub fn rms_norm(x: &[f32], weight: &[f32], epsilon: f64) -> Vec<f32> {
     })
 }
 
+/// [`rms_norm`] of one row `x` into `y` (same length as `weight`), with the same bits.
+pub(crate) fn rms_norm_row(x: &[f32], weight: &[f32], epsilon: f64, y: &mut [f32]) {
+    debug_assert!(x.len() == weight.len() && y.len() == weight.len());
+    vectorized(NormRows {
+        y,
+        x,
+        weight,
+        epsilon: epsilon as f32,
+    })
+}
+
 /// RMSNorm of whole rows of `x` into `y`.
 struct NormRows<'a> {
     y: &'a mut [f32],

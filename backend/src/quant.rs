@@ -9,6 +9,9 @@
 
 use rayon::prelude::*;
 
+use crate::error::{Result, TernaryError};
+use crate::glu::FfnActivation;
+use crate::norm::rms_norm_row;
 use crate::vectorize::{FloatLoop, lane_max_by, vectorized};
 
 /// Smallest `amax` used for the scale, so an all-zero row quantizes to zeros instead of NaN.
@@ -62,54 +65,188 @@ impl QuantizedActivations {
     /// # Panics
     /// If `x.len() != m * k` or `k_padded < k`: callers validate shapes first.
     pub fn new(x: &[f32], m: usize, k: usize, k_padded: usize, rule: ActivationScale) -> Self {
-        let mut out = Self::default();
-        out.quantize(x, m, k, k_padded, rule);
-        out
+        Self::from_source(&ActivationSource::Plain(x), m, k, k_padded, rule)
     }
 
-    /// Re-quantizes into the existing buffers (no allocation once they are large enough).
-    pub fn quantize(
-        &mut self,
-        x: &[f32],
+    /// Quantizes the `m` rows of `k` values that `source` gives (computing each one just before
+    /// it is quantized) into rows padded to `k_padded`.
+    ///
+    /// # Panics
+    /// If the source does not hold `m * k` values or `k_padded < k`: callers validate shapes
+    /// first.
+    pub fn from_source(
+        source: &ActivationSource<'_>,
         m: usize,
         k: usize,
         k_padded: usize,
         rule: ActivationScale,
-    ) {
-        assert_eq!(x.len(), m * k, "activation length must be m * k");
+    ) -> Self {
+        assert_eq!(source.len(), m * k, "activation length must be m * k");
         assert!(k_padded >= k, "k_padded must be at least k");
-        self.m = m;
-        self.k = k;
-        self.k_padded = k_padded;
-        self.q.clear();
-        self.q.resize(m * k_padded, 0);
-        self.scales.clear();
-        self.sums.clear();
+        let mut out = Self {
+            m,
+            k,
+            k_padded,
+            q: vec![0; m * k_padded],
+            ..Self::default()
+        };
         if k == 0 {
-            self.scales.resize(m, rule.scale(0.0));
-            self.sums.resize(m, 0);
-            return;
+            out.scales.resize(m, rule.scale(0.0));
+            out.sums.resize(m, 0);
+            return out;
         }
-        let quantize = |(row, q): (&[f32], &mut [i8])| quantize_row(row, &mut q[..k], rule);
+        let quantize = |scratch: &mut Vec<f32>, (t, q): (usize, &mut [i8])| {
+            quantize_row(source.row(t, k, scratch), &mut q[..k], rule)
+        };
         if m > 1 {
             // Prefill quantizes [tokens, hidden] per layer: rows are independent, so spread
             // them over the pool. One row (decode) is too little work to share.
-            x.par_chunks_exact(k)
-                .zip(self.q.par_chunks_exact_mut(k_padded))
-                .map(quantize)
-                .unzip_into_vecs(&mut self.scales, &mut self.sums);
+            out.q
+                .par_chunks_exact_mut(k_padded)
+                .enumerate()
+                .map_init(Vec::new, quantize)
+                .unzip_into_vecs(&mut out.scales, &mut out.sums);
         } else {
-            let rows = x.chunks_exact(k).zip(self.q.chunks_exact_mut(k_padded));
-            for (scale, sum) in rows.map(quantize) {
-                self.scales.push(scale);
-                self.sums.push(sum);
-            }
+            let mut scratch = Vec::new();
+            (out.scales, out.sums) = out
+                .q
+                .chunks_exact_mut(k_padded)
+                .enumerate()
+                .map(|row| quantize(&mut scratch, row))
+                .unzip();
         }
+        out
     }
 
     /// The padded int8 row of token `t`.
     pub fn row(&self, t: usize) -> &[i8] {
         &self.q[t * self.k_padded..(t + 1) * self.k_padded]
+    }
+}
+
+/// The float rows a [`QuantizedActivations`] is made from: the input as it is, or the float
+/// work that precedes a ternary layer done one row at a time just before that row is quantized.
+/// A fused row stays in L1 between the two; done as separate ops, a 128-token prefill wrote each
+/// normalized (or activated) tensor of up to megabytes out and read it back, and the norms, the
+/// gated activation and the quantization were 4-5% of a 700M prefill. Each row gets the bits the
+/// separate ops give it ([`crate::norm::rms_norm`], [`FfnActivation::apply`]).
+#[derive(Debug, Clone, Copy)]
+pub enum ActivationSource<'a> {
+    /// `[m, k]` values, quantized as they are.
+    Plain(&'a [f32]),
+    /// `[m, k]` values, each row RMS-normalized first.
+    Normed {
+        /// The rows.
+        x: &'a [f32],
+        /// The norm.
+        norm: NormWeight<'a>,
+    },
+    /// `act(gate) * up` of `[m, k]` values each, then RMS-normalized if `norm` is set: the input
+    /// of a feed-forward block's down projection.
+    Gated {
+        /// Gate projection outputs.
+        gate: &'a [f32],
+        /// Up projection outputs.
+        up: &'a [f32],
+        /// The gate's activation.
+        activation: FfnActivation,
+        /// The norm before the down projection (2B4T `ffn_sub_norm`), if any.
+        norm: Option<NormWeight<'a>>,
+    },
+}
+
+/// The parameters of an RMSNorm ([`crate::norm::rms_norm`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NormWeight<'a> {
+    /// Per-feature gain, one per column.
+    pub weight: &'a [f32],
+    /// Added to the mean square.
+    pub epsilon: f64,
+}
+
+impl ActivationSource<'_> {
+    /// Values the source gives: `m * k`.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Plain(x) | Self::Normed { x, .. } => x.len(),
+            Self::Gated { gate, .. } => gate.len(),
+        }
+    }
+
+    /// Whether the source gives no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The width every row must have (a norm's weight), if the source has one.
+    fn norm_width(&self) -> Option<usize> {
+        match self {
+            Self::Normed { norm, .. }
+            | Self::Gated {
+                norm: Some(norm), ..
+            } => Some(norm.weight.len()),
+            _ => None,
+        }
+    }
+
+    /// Checks that the source gives `m` rows of `k` values (and a norm `k` wide).
+    ///
+    /// # Errors
+    /// [`TernaryError::Shape`] naming what does not fit.
+    pub fn check_rows(&self, m: usize, k: usize) -> Result<()> {
+        let shape_error = |what: String| Err(TernaryError::Shape(what));
+        if self.len() != m * k {
+            return shape_error(format!(
+                "activations have {} values, expected m={m} x k={k}",
+                self.len()
+            ));
+        }
+        if let Self::Gated { gate, up, .. } = self
+            && gate.len() != up.len()
+        {
+            return shape_error(format!(
+                "gate ({} values) and up ({}) must have one length",
+                gate.len(),
+                up.len()
+            ));
+        }
+        match self.norm_width() {
+            Some(width) if width != k => shape_error(format!(
+                "RMSNorm weight of width {width} does not fit rows of {k} values"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Row `t` of `k` values: borrowed in place, or computed into `scratch`.
+    fn row<'s>(&'s self, t: usize, k: usize, scratch: &'s mut Vec<f32>) -> &'s [f32] {
+        let at = t * k..(t + 1) * k;
+        match *self {
+            Self::Plain(x) => &x[at],
+            Self::Normed { x, norm } => {
+                scratch.resize(k, 0.0);
+                rms_norm_row(&x[at], norm.weight, norm.epsilon, scratch);
+                scratch
+            }
+            Self::Gated {
+                gate,
+                up,
+                activation,
+                norm,
+            } => {
+                scratch.resize(2 * k, 0.0);
+                let (activated, normed) = scratch.split_at_mut(k);
+                activated.copy_from_slice(&gate[at.clone()]);
+                activation.apply_row(activated, &up[at]);
+                match norm {
+                    Some(norm) => {
+                        rms_norm_row(activated, norm.weight, norm.epsilon, normed);
+                        normed
+                    }
+                    None => activated,
+                }
+            }
+        }
     }
 }
 

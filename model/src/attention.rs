@@ -52,6 +52,31 @@ impl Attention {
     pub fn forward(
         &self,
         x: Tensor<3>,
+        rope: (&Tensor<2>, &Tensor<2>),
+        cache: &mut LayerCache,
+        start: usize,
+    ) -> Result<Tensor<3>> {
+        self.attend(None, x, rope, cache, start)
+    }
+
+    /// [`Attention::forward`] of `norm(x)` (the decoder layer's input norm), normalized inside
+    /// the quantization of the query, key and value projections when they are packed
+    /// ([`BitLinear::forward_group_normed`]).
+    pub fn forward_normed(
+        &self,
+        norm: &RmsNorm,
+        x: Tensor<3>,
+        rope: (&Tensor<2>, &Tensor<2>),
+        cache: &mut LayerCache,
+        start: usize,
+    ) -> Result<Tensor<3>> {
+        self.attend(Some(norm), x, rope, cache, start)
+    }
+
+    fn attend(
+        &self,
+        norm: Option<&RmsNorm>,
+        x: Tensor<3>,
         (cos, sin): (&Tensor<2>, &Tensor<2>),
         cache: &mut LayerCache,
         start: usize,
@@ -59,7 +84,8 @@ impl Attention {
         let [batch, len, _] = x.dims();
         let (heads, kv_heads, dim) = (self.heads, self.kv_heads, self.head_dim);
         let split = |y: Tensor<3>, h: usize| y.reshape([batch, len, h, dim]).swap_dims(1, 2);
-        let [q, k, v] = BitLinear::forward_group([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
+        let projections = [&self.q_proj, &self.k_proj, &self.v_proj];
+        let [q, k, v] = BitLinear::forward_group_normed(norm, projections, x)?;
         let (q, k, v) = (split(q, heads), split(k, kv_heads), split(v, kv_heads));
         let q = RotaryEmbedding::apply(q, cos, sin)?;
         // The keys are rotated on their way into the cache.
@@ -70,10 +96,7 @@ impl Attention {
         let group = heads / kv_heads;
         let q = q.reshape([batch, kv_heads, group * len, dim]);
         let out = cached_attention(q, keys, values, start, len)?.reshape([batch, len, heads * dim]);
-        let out = match &self.sub_norm {
-            Some(norm) => norm.forward(out)?,
-            None => out,
-        };
-        self.o_proj.forward(out)
+        let [y] = BitLinear::forward_group_normed(self.sub_norm.as_ref(), [&self.o_proj], out)?;
+        Ok(y)
     }
 }

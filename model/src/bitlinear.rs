@@ -3,7 +3,7 @@
 use bitnet_backend::quant::AMAX_FLOOR;
 use bitnet_backend::{
     ActivationScale, I2sWeights, ScaleConvention, TernaryError, TernaryLayout, TernaryWeight,
-    ternary_linear, ternary_linear_group,
+    rms_norm_ternary_linear_group, ternary_linear_group,
 };
 use burn::config::Config;
 use burn::module::{Module, Param, ParamId};
@@ -83,6 +83,20 @@ pub fn ternarize(
             let layout = TernaryLayout::new(n, k, 1.0 / layout.scale, ScaleConvention::Multiply)?;
             I2sWeights::from_codes(layout, codes)?
         }
+    })
+}
+
+/// Packed layers applied to `x`, normalized by `norm` inside their quantization when it is
+/// set.
+fn packed_group<const D: usize>(
+    norm: Option<&RmsNorm>,
+    weights: &[TernaryWeight],
+    x: Tensor<D>,
+) -> crate::error::Result<Vec<Tensor<D>>> {
+    let weights: Vec<&TernaryWeight> = weights.iter().collect();
+    Ok(match norm {
+        Some(norm) => rms_norm_ternary_linear_group(x, norm.weight.val(), norm.epsilon, &weights)?,
+        None => ternary_linear_group(x, &weights)?,
     })
 }
 
@@ -239,13 +253,16 @@ impl BitLinear {
     /// - `x`: `[..., d_input]`
     /// - output: `[..., d_output]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> crate::error::Result<Tensor<D>> {
-        let x = match &self.norm {
-            Some(norm) => norm.forward(x)?,
-            None => x,
-        };
         match &self.weights {
-            TernaryParam::Packed(_) => Ok(ternary_linear(x, &self.weight()?)?),
+            TernaryParam::Packed(_) => {
+                let mut y = packed_group(self.norm.as_ref(), &[self.weight()?], x)?;
+                Ok(y.swap_remove(0))
+            }
             TernaryParam::Latent(latent) => {
+                let x = match &self.norm {
+                    Some(norm) => norm.forward(x)?,
+                    None => x,
+                };
                 let x = straight_through(x.clone(), self.quantize_activations(x));
                 let w = latent.val();
                 let w = straight_through(w.clone(), ternarize_latent(w));
@@ -265,13 +282,33 @@ impl BitLinear {
         layers: [&BitLinear; N],
         x: Tensor<D>,
     ) -> crate::error::Result<[Tensor<D>; N]> {
-        let outputs = if layers.iter().all(|l| l.norm.is_none() && !l.is_trainable()) {
+        Self::forward_group_normed(None, layers, x)
+    }
+
+    /// [`BitLinear::forward_group`] of `norm(x)` when `norm` is set (a decoder layer's input
+    /// norm, or a sub-norm). For packed layers without a pre-norm of their own the norm runs
+    /// inside their quantization, a row at a time, with the same bits (see
+    /// [`rms_norm_ternary_linear_group`]).
+    ///
+    /// # Shapes
+    /// - `x`: `[..., d_input]`
+    /// - output `i`: `[..., d_output]` of `layers[i]`
+    pub fn forward_group_normed<const N: usize, const D: usize>(
+        norm: Option<&RmsNorm>,
+        layers: [&BitLinear; N],
+        x: Tensor<D>,
+    ) -> crate::error::Result<[Tensor<D>; N]> {
+        let outputs = if layers.iter().all(|l| l.fusable()) {
             let weights = layers
                 .iter()
                 .map(|layer| layer.weight())
                 .collect::<crate::error::Result<Vec<_>>>()?;
-            ternary_linear_group(x, &weights.iter().collect::<Vec<_>>())?
+            packed_group(norm, &weights, x)?
         } else {
+            let x = match norm {
+                Some(norm) => norm.forward(x)?,
+                None => x,
+            };
             layers
                 .iter()
                 .map(|layer| layer.forward(x.clone()))
@@ -281,6 +318,12 @@ impl BitLinear {
         outputs.try_into().map_err(|_| {
             TernaryError::Shape(format!("{count} outputs for a group of {N} layers")).into()
         })
+    }
+
+    /// Whether the float step before this layer can run inside its quantization: packed
+    /// weights and no pre-norm of its own.
+    pub(crate) fn fusable(&self) -> bool {
+        self.norm.is_none() && !self.is_trainable()
     }
 
     /// Per-token absmax int8 rounding, dequantized: `round(x * s) / s` with the packed kernel's

@@ -1,6 +1,6 @@
 //! The gated feed-forward block.
 
-use bitnet_backend::gated_activation;
+use bitnet_backend::{gated_activation, gated_rms_norm_ternary_linear};
 use burn::module::Module;
 use burn::tensor::Tensor;
 
@@ -40,12 +40,34 @@ impl FeedForward {
     /// - `x`: `[batch, len, hidden]`
     /// - output: `[batch, len, hidden]`
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>> {
-        let [gate, up] = BitLinear::forward_group([&self.gate_proj, &self.up_proj], x)?;
+        self.run(None, x)
+    }
+
+    /// [`FeedForward::forward`] of `norm(x)` (the decoder layer's post-attention norm),
+    /// normalized inside the quantization of gate and up when they are packed.
+    pub fn forward_normed(&self, norm: &RmsNorm, x: Tensor<3>) -> Result<Tensor<3>> {
+        self.run(Some(norm), x)
+    }
+
+    fn run(&self, norm: Option<&RmsNorm>, x: Tensor<3>) -> Result<Tensor<3>> {
+        let layers = [&self.gate_proj, &self.up_proj];
+        let [gate, up] = BitLinear::forward_group_normed(norm, layers, x)?;
+        if let Some(norm) = &self.sub_norm
+            && self.down_proj.fusable()
+        {
+            // The activation and the sub-norm run inside the down projection's quantization.
+            let y = gated_rms_norm_ternary_linear(
+                gate,
+                up,
+                self.activation,
+                norm.weight.val(),
+                norm.epsilon,
+                &self.down_proj.weight()?,
+            )?;
+            return Ok(y);
+        }
         let h = gated_activation(gate, up, self.activation)?;
-        let h = match &self.sub_norm {
-            Some(norm) => norm.forward(h)?,
-            None => h,
-        };
-        self.down_proj.forward(h)
+        let [y] = BitLinear::forward_group_normed(self.sub_norm.as_ref(), [&self.down_proj], h)?;
+        Ok(y)
     }
 }

@@ -52,11 +52,13 @@ impl DecoderLayer {
         cache: &mut LayerCache,
         start: usize,
     ) -> Result<Tensor<3>> {
-        let normed = self.input_layernorm.forward(x.clone())?;
-        let h = x + self.self_attn.forward(normed, rope, cache, start)?;
+        let attended =
+            self.self_attn
+                .forward_normed(&self.input_layernorm, x.clone(), rope, cache, start)?;
+        let h = x + attended;
         let ffn = self
             .mlp
-            .forward(self.post_attention_layernorm.forward(h.clone())?)?;
+            .forward_normed(&self.post_attention_layernorm, h.clone())?;
         Ok(h + ffn)
     }
 }

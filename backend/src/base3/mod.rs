@@ -28,7 +28,7 @@ use crate::i2s::{
     BLOCK, BLOCK_BYTES, I2sView, I2sWeights, PackedFormat, TernaryLayout, check_packed,
 };
 use crate::kernels::{DecodeRows, Isa, gemv_group, ternary_linear_group_quantized};
-use crate::quant::QuantizedActivations;
+use crate::quant::{ActivationSource, QuantizedActivations};
 
 /// I2_S blocks per base-3 group.
 pub const GROUP_BLOCKS: usize = 5;
@@ -306,6 +306,6 @@ pub fn i2s_base3_linear_group(
     m: usize,
 ) -> Result<Vec<Vec<f32>>> {
     let layouts: Vec<TernaryLayout> = ws.iter().map(|w| w.layout).collect();
-    let xq = crate::kernels::quantize_for_group(&layouts, x, m)?;
+    let xq = crate::kernels::quantize_for_group(&layouts, &ActivationSource::Plain(x), m)?;
     i2s_base3_linear_group_quantized(isa, ws, &xq)
 }

@@ -86,6 +86,61 @@ impl<B: Backend + TernaryOps, C: CheckpointStrategy> TernaryOps for Autodiff<B, 
     }
 
     /// Burn's own tracked ops, so the gradient reaches both `gate` and `up`.
+    /// The norm then the layer, each tracked (a fused op would need a backward of its own).
+    fn rms_norm_ternary_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        epsilon: f64,
+        packed: IntTensor<Self>,
+        layout: TernaryLayout,
+    ) -> FloatTensor<Self> {
+        Self::ternary_linear(Self::rms_norm(x, weight, epsilon), packed, layout)
+    }
+
+    /// The norm then the layers, each tracked.
+    fn rms_norm_ternary_linear_pair(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        epsilon: f64,
+        first: IntTensor<Self>,
+        second: IntTensor<Self>,
+        layouts: [TernaryLayout; 2],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        Self::ternary_linear_pair(Self::rms_norm(x, weight, epsilon), first, second, layouts)
+    }
+
+    /// The norm then the layers, each tracked.
+    fn rms_norm_ternary_linear_triple(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        epsilon: f64,
+        first: IntTensor<Self>,
+        second: IntTensor<Self>,
+        third: IntTensor<Self>,
+        layouts: [TernaryLayout; 3],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let x = Self::rms_norm(x, weight, epsilon);
+        Self::ternary_linear_triple(x, first, second, third, layouts)
+    }
+
+    /// The activation, the norm and the layer, each tracked.
+    fn gated_rms_norm_ternary_linear(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        activation: FfnActivation,
+        weight: FloatTensor<Self>,
+        epsilon: f64,
+        packed: IntTensor<Self>,
+        layout: TernaryLayout,
+    ) -> FloatTensor<Self> {
+        let h = Self::rms_norm(
+            Self::gated_activation(gate, up, activation),
+            weight,
+            epsilon,
+        );
+        Self::ternary_linear(h, packed, layout)
+    }
+
     fn gated_activation(
         gate: FloatTensor<Self>,
         up: FloatTensor<Self>,

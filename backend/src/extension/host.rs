@@ -12,54 +12,60 @@ use half::f16;
 
 use super::TernaryOps;
 use crate::attention::{self, AttentionShape};
-use crate::base3::{I2sBase3View, i2s_base3_linear_group};
+use crate::base3::{I2sBase3View, i2s_base3_linear_group_quantized};
 use crate::error::Result;
 use crate::glu::FfnActivation;
 use crate::i2s::{I2sView, PackedFormat, TernaryLayout};
-use crate::kernels::{Isa, ternary_linear_group as host_linear_group};
+use crate::kernels::{
+    Isa, quantize_for_group, ternary_linear_group_quantized, ternary_linear_quantized,
+};
 use crate::kv::CacheValue;
-use crate::lut::{LutView, lut_linear};
+use crate::lut::{LutView, lut_linear_quantized};
+use crate::quant::{ActivationSource, NormWeight};
 use crate::rows::Rows;
 use crate::{kv, norm, rope};
 
-/// `N` ternary layers applied to `x` (`[.., k]`): validated by [`super::TernaryWeight`] and
-/// [`super::ternary_linear_group`] beforehand, so a failure here is a broken invariant, not bad
-/// user input.
+/// `N` ternary layers applied to the rows `source` gives (`x_shape` with `k` last): validated
+/// by [`super::TernaryWeight`] and the public wrappers beforehand, so a failure here is a broken
+/// invariant, not bad user input. Layers of one format are quantized for once; a mix of formats
+/// (each may pad rows differently) once per layer.
 fn group_on_host<const N: usize>(
-    x: &[f32],
+    source: ActivationSource<'_>,
     x_shape: &Shape,
     codes: [&[u8]; N],
     layouts: &[TernaryLayout; N],
 ) -> [TensorData; N] {
     const CHECKED: &str = "ternary_linear checked the packed lengths and the input shape";
-    let m = x.len() / layouts[0].k;
+    let m = source.len() / layouts[0].k;
     let isa = Isa::selected().expect("ternary_linear checked BITNET_ISA before dispatch");
+    let quantize = |layouts: &[TernaryLayout]| quantize_for_group(layouts, &source, m);
     let formats = |format| layouts.iter().all(|l| l.format == format);
     let outputs = if formats(PackedFormat::I2s) {
         let views = views(&codes, layouts, I2sView::new).expect(CHECKED);
-        host_linear_group(isa, &views, x, m).expect(CHECKED)
+        quantize(layouts).and_then(|xq| ternary_linear_group_quantized(isa, &views, &xq))
     } else if formats(PackedFormat::I2sBase3) {
         let views = views(&codes, layouts, I2sBase3View::new).expect(CHECKED);
-        i2s_base3_linear_group(isa, &views, x, m).expect(CHECKED)
+        quantize(layouts).and_then(|xq| i2s_base3_linear_group_quantized(isa, &views, &xq))
     } else {
         codes
             .iter()
             .zip(layouts)
-            .map(|(codes, layout)| match layout.format {
-                PackedFormat::I2s => I2sView::new(*layout, codes)
-                    .and_then(|w| host_linear_group(isa, &[w], x, m))
-                    .map(|mut ys| ys.swap_remove(0)),
-                PackedFormat::I2sBase3 => I2sBase3View::new(*layout, codes)
-                    .and_then(|w| i2s_base3_linear_group(isa, &[w], x, m))
-                    .map(|mut ys| ys.swap_remove(0)),
-                PackedFormat::Lut => {
-                    LutView::new(*layout, codes).and_then(|w| lut_linear(isa, w, x, m))
+            .map(|(codes, layout)| {
+                let xq = quantize(std::slice::from_ref(layout))?;
+                match layout.format {
+                    PackedFormat::I2s => I2sView::new(*layout, codes)
+                        .and_then(|w| ternary_linear_quantized(isa, w, &xq)),
+                    PackedFormat::I2sBase3 => I2sBase3View::new(*layout, codes)
+                        .and_then(|w| i2s_base3_linear_group_quantized(isa, &[w], &xq))
+                        .map(|mut ys| ys.swap_remove(0)),
+                    PackedFormat::Lut => {
+                        LutView::new(*layout, codes).and_then(|w| lut_linear_quantized(isa, w, &xq))
+                    }
                 }
             })
             .collect::<Result<Vec<_>>>()
-            .expect(CHECKED)
     };
-    let mut outputs = outputs.into_iter();
+    let mut outputs = outputs.expect(CHECKED).into_iter();
     std::array::from_fn(|i| {
         let mut shape = x_shape.clone();
         let last = shape.len() - 1;
@@ -262,15 +268,47 @@ impl HostTensor for NdArrayTensor {
     }
 }
 
-/// `N` ternary layers applied to `x` on the host.
+/// `N` ternary layers applied on the host to the rows `source` gives (`x_shape`'s, `k` last).
 fn linear<T: HostTensor, const N: usize>(
-    x: &T,
+    source: ActivationSource<'_>,
+    x_shape: &Shape,
     packed: [&T; N],
     layouts: &[TernaryLayout; N],
 ) -> [T; N] {
     let codes = packed.map(T::u8s);
     let codes = std::array::from_fn(|i| codes[i].as_ref());
-    group_on_host(&x.f32s(), &x.shape(), codes, layouts).map(T::from_host)
+    group_on_host(source, x_shape, codes, layouts).map(T::from_host)
+}
+
+/// [`linear`] of `x`'s rows as they are.
+fn plain_linear<T: HostTensor, const N: usize>(
+    x: &T,
+    packed: [&T; N],
+    layouts: &[TernaryLayout; N],
+) -> [T; N] {
+    linear(
+        ActivationSource::Plain(&x.f32s()),
+        &x.shape(),
+        packed,
+        layouts,
+    )
+}
+
+/// [`linear`] of `x`'s rows RMS-normalized with `weight` as they are quantized.
+fn normed_linear<T: HostTensor, const N: usize>(
+    x: &T,
+    weight: &T,
+    epsilon: f64,
+    packed: [&T; N],
+    layouts: &[TernaryLayout; N],
+) -> [T; N] {
+    let (values, weight) = (x.f32s(), weight.f32s());
+    let norm = NormWeight {
+        weight: &weight,
+        epsilon,
+    };
+    let source = ActivationSource::Normed { x: &values, norm };
+    linear(source, &x.shape(), packed, layouts)
 }
 
 /// `new` written into `cache` (f32, or f16 on Flex) at positions `start..` (see
@@ -317,7 +355,7 @@ macro_rules! host_ternary_ops {
     ($backend:ty, $tensor:ty) => {
         impl TernaryOps for $backend {
             fn ternary_linear(x: $tensor, packed: $tensor, layout: TernaryLayout) -> $tensor {
-                let [y] = linear(&x, [&packed], &[layout]);
+                let [y] = plain_linear(&x, [&packed], &[layout]);
                 y
             }
 
@@ -327,7 +365,7 @@ macro_rules! host_ternary_ops {
                 second: $tensor,
                 layouts: [TernaryLayout; 2],
             ) -> ($tensor, $tensor) {
-                let [a, b] = linear(&x, [&first, &second], &layouts);
+                let [a, b] = plain_linear(&x, [&first, &second], &layouts);
                 (a, b)
             }
 
@@ -338,8 +376,69 @@ macro_rules! host_ternary_ops {
                 third: $tensor,
                 layouts: [TernaryLayout; 3],
             ) -> ($tensor, $tensor, $tensor) {
-                let [a, b, c] = linear(&x, [&first, &second, &third], &layouts);
+                let packed = [&first, &second, &third];
+                let [a, b, c] = plain_linear(&x, packed, &layouts);
                 (a, b, c)
+            }
+
+            fn rms_norm_ternary_linear(
+                x: $tensor,
+                weight: $tensor,
+                epsilon: f64,
+                packed: $tensor,
+                layout: TernaryLayout,
+            ) -> $tensor {
+                let [y] = normed_linear(&x, &weight, epsilon, [&packed], &[layout]);
+                y
+            }
+
+            fn rms_norm_ternary_linear_pair(
+                x: $tensor,
+                weight: $tensor,
+                epsilon: f64,
+                first: $tensor,
+                second: $tensor,
+                layouts: [TernaryLayout; 2],
+            ) -> ($tensor, $tensor) {
+                let [a, b] = normed_linear(&x, &weight, epsilon, [&first, &second], &layouts);
+                (a, b)
+            }
+
+            fn rms_norm_ternary_linear_triple(
+                x: $tensor,
+                weight: $tensor,
+                epsilon: f64,
+                first: $tensor,
+                second: $tensor,
+                third: $tensor,
+                layouts: [TernaryLayout; 3],
+            ) -> ($tensor, $tensor, $tensor) {
+                let packed = [&first, &second, &third];
+                let [a, b, c] = normed_linear(&x, &weight, epsilon, packed, &layouts);
+                (a, b, c)
+            }
+
+            fn gated_rms_norm_ternary_linear(
+                gate: $tensor,
+                up: $tensor,
+                activation: FfnActivation,
+                weight: $tensor,
+                epsilon: f64,
+                packed: $tensor,
+                layout: TernaryLayout,
+            ) -> $tensor {
+                let (values, up, weight) = (gate.f32s(), up.f32s(), weight.f32s());
+                let source = ActivationSource::Gated {
+                    gate: &values,
+                    up: &up,
+                    activation,
+                    norm: Some(NormWeight {
+                        weight: &weight,
+                        epsilon,
+                    }),
+                };
+                let [y] = linear(source, &gate.shape(), [&packed], &[layout]);
+                y
             }
 
             fn gated_activation(

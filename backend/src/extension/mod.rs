@@ -12,16 +12,20 @@
 
 mod autodiff;
 mod host;
+mod linear;
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Dispatch, backend_extension};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+pub use linear::{
+    gated_rms_norm_ternary_linear, rms_norm_ternary_linear_group, ternary_linear,
+    ternary_linear_group,
+};
 
 use crate::base3::{I2sBase3View, I2sBase3Weights};
 use crate::error::{Result, TernaryError};
 use crate::glu::FfnActivation;
 use crate::i2s::{I2sWeights, PackedFormat, TernaryLayout};
-use crate::kernels::Isa;
 use crate::lut::LutWeights;
 use crate::select::KernelChoice;
 
@@ -64,6 +68,64 @@ pub trait TernaryOps: Backend {
         third: IntTensor<Self>,
         layouts: [TernaryLayout; 3],
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// [`TernaryOps::ternary_linear`] of `x` RMS-normalized: the bits of
+    /// [`TernaryOps::rms_norm`] then [`TernaryOps::ternary_linear`], each row normalized just
+    /// before it is quantized, so the normalized tensor is never written out (see
+    /// [`ActivationSource`](crate::quant::ActivationSource)).
+    ///
+    /// # Shapes
+    /// - `x`: `[..., k]` (f32), `weight`: `[k]` (f32)
+    /// - `packed`: `[packed_rows, row_bytes]` (u8)
+    /// - output: `[..., n]`
+    fn rms_norm_ternary_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        epsilon: f64,
+        packed: IntTensor<Self>,
+        layout: TernaryLayout,
+    ) -> FloatTensor<Self>;
+
+    /// [`TernaryOps::rms_norm_ternary_linear`] for two layers (gate and up), as
+    /// [`TernaryOps::ternary_linear_pair`].
+    fn rms_norm_ternary_linear_pair(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        epsilon: f64,
+        first: IntTensor<Self>,
+        second: IntTensor<Self>,
+        layouts: [TernaryLayout; 2],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// [`TernaryOps::rms_norm_ternary_linear`] for three layers (query, key and value), as
+    /// [`TernaryOps::ternary_linear_triple`].
+    fn rms_norm_ternary_linear_triple(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        epsilon: f64,
+        first: IntTensor<Self>,
+        second: IntTensor<Self>,
+        third: IntTensor<Self>,
+        layouts: [TernaryLayout; 3],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// A feed-forward block's down projection of `rms_norm(act(gate) * up)`: the bits of
+    /// [`TernaryOps::gated_activation`], [`TernaryOps::rms_norm`] and
+    /// [`TernaryOps::ternary_linear`], one row at a time (see [`ActivationSource::Gated`](crate::quant::ActivationSource::Gated)).
+    ///
+    /// # Shapes
+    /// - `gate`, `up`: `[..., k]` (f32), `weight`: `[k]` (f32)
+    /// - `packed`: `[packed_rows, row_bytes]` (u8)
+    /// - output: `[..., n]`
+    fn gated_rms_norm_ternary_linear(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        activation: FfnActivation,
+        weight: FloatTensor<Self>,
+        epsilon: f64,
+        packed: IntTensor<Self>,
+        layout: TernaryLayout,
+    ) -> FloatTensor<Self>;
 
     /// The gated activation of a feed-forward block, `act(gate) * up` element-wise, on the
     /// rayon pool (see [`FfnActivation::apply`]).
@@ -251,89 +313,6 @@ impl TernaryWeight {
             self.layout,
         ))
     }
-}
-
-/// Applies a ternary linear layer: per-token int8 quantization of `x`, the exact int8 x ternary
-/// product, and the scale convention of the weights.
-///
-/// # Shapes
-/// - `x`: `[..., k]`
-/// - output: `[..., n]`
-pub fn ternary_linear<const D: usize>(x: Tensor<D>, weight: &TernaryWeight) -> Result<Tensor<D>> {
-    let mut outputs = ternary_linear_group(x, &[weight])?;
-    Ok(outputs.swap_remove(0))
-}
-
-/// Applies several ternary layers to one input (query, key and value; gate and up): the same
-/// outputs as [`ternary_linear`] per layer, with `x` quantized once and the rows of all layers
-/// in one parallel call. The layers must share `k` and the activation rule.
-///
-/// # Shapes
-/// - `x`: `[..., k]`
-/// - output `i`: `[..., n_i]` for `weights[i]`
-pub fn ternary_linear_group<const D: usize>(
-    x: Tensor<D>,
-    weights: &[&TernaryWeight],
-) -> Result<Vec<Tensor<D>>> {
-    let dims = x.dims();
-    let Some(first) = weights.first().map(|w| w.layout) else {
-        return Err(TernaryError::Shape(
-            "a group of ternary layers needs at least one layer".into(),
-        ));
-    };
-    for layout in weights.iter().map(|w| w.layout) {
-        if D == 0 || dims[D - 1] != layout.k {
-            return Err(TernaryError::Shape(format!(
-                "input shape {dims:?} does not end in k={} of the ternary weights",
-                layout.k
-            )));
-        }
-        if layout.activation != first.activation {
-            return Err(TernaryError::Shape(format!(
-                "layers applied to one input must share the activation rule: {:?} and {:?}",
-                first.activation, layout.activation
-            )));
-        }
-    }
-    Isa::selected()?;
-    let dtype = x.dtype();
-    let x = as_f32(x);
-    let packed = |w: &TernaryWeight| w.packed.clone().into_dispatch();
-    let mut outputs = Vec::with_capacity(weights.len());
-    // Triples, then a pair or a single layer for the rest.
-    for group in weights.chunks(3) {
-        let x = x.clone().into_dispatch();
-        match *group {
-            [a, b, c] => {
-                let (ya, yb, yc) = <Dispatch as TernaryOps>::ternary_linear_triple(
-                    x,
-                    packed(a),
-                    packed(b),
-                    packed(c),
-                    [a.layout, b.layout, c.layout],
-                );
-                outputs.extend([ya, yb, yc]);
-            }
-            [a, b] => {
-                let (ya, yb) = <Dispatch as TernaryOps>::ternary_linear_pair(
-                    x,
-                    packed(a),
-                    packed(b),
-                    [a.layout, b.layout],
-                );
-                outputs.extend([ya, yb]);
-            }
-            _ => {
-                outputs.extend(group.iter().map(|w| {
-                    <Dispatch as TernaryOps>::ternary_linear(x.clone(), packed(w), w.layout)
-                }))
-            }
-        }
-    }
-    Ok(outputs
-        .into_iter()
-        .map(|y| restore(Tensor::<D>::from_dispatch(y), dtype))
-        .collect())
 }
 
 /// The gated activation of a feed-forward block, `act(gate) * up`, on the rayon pool: Burn's

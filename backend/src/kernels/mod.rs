@@ -41,7 +41,7 @@ use rayon::prelude::*;
 
 use crate::error::{Result, TernaryError};
 use crate::i2s::{I2sView, TernaryLayout};
-use crate::quant::QuantizedActivations;
+use crate::quant::{ActivationSource, QuantizedActivations};
 
 /// Rows decoded together in the multi-token path of the decoding kernels.
 const ROW_TILE: usize = 2;
@@ -440,15 +440,19 @@ pub fn ternary_linear_group(
     m: usize,
 ) -> Result<Vec<Vec<f32>>> {
     let layouts: Vec<TernaryLayout> = ws.iter().map(|w| w.layout).collect();
-    let xq = quantize_for_group(&layouts, x, m)?;
+    let xq = quantize_for_group(&layouts, &ActivationSource::Plain(x), m)?;
     ternary_linear_group_quantized(isa, ws, &xq)
 }
 
-/// Quantizes `x` (`[m, k]`, row-major) once for a group of layers, which must share `k` and
+/// Quantizes the `m` rows `source` gives once for a group of layers, which must share `k` and
 /// the activation rule.
-pub(crate) fn quantize_for_group(
+///
+/// # Errors
+/// If the group is empty or its layers differ in `k` or rule, or the source does not give `m`
+/// rows of `k` values.
+pub fn quantize_for_group(
     layouts: &[TernaryLayout],
-    x: &[f32],
+    source: &ActivationSource<'_>,
     m: usize,
 ) -> Result<QuantizedActivations> {
     let Some(layout) = layouts.first() else {
@@ -466,17 +470,11 @@ pub(crate) fn quantize_for_group(
             layout.k, layout.activation, other.k, other.activation
         )));
     }
-    let k = layout.k;
-    if x.len() != m * k {
-        return Err(TernaryError::Shape(format!(
-            "activations have {} values, expected m={m} x k={k}",
-            x.len()
-        )));
-    }
-    Ok(QuantizedActivations::new(
-        x,
+    source.check_rows(m, layout.k)?;
+    Ok(QuantizedActivations::from_source(
+        source,
         m,
-        k,
+        layout.k,
         layout.k_padded(),
         layout.activation,
     ))
