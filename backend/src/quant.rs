@@ -299,9 +299,80 @@ pub(crate) fn round_to_i8(y: f32) -> i8 {
 
 #[cfg(test)]
 mod tests {
-    use super::{ActivationScale, QuantizeRow, abs_max, round_to_i8};
+    use super::{
+        ActivationScale, ActivationSource, NormWeight, QuantizeRow, QuantizedActivations, abs_max,
+        round_to_i8,
+    };
+    use crate::glu::FfnActivation;
     use crate::kernels::Isa;
+    use crate::norm::rms_norm;
+    use crate::test_support::random;
     use crate::vectorize::vectorized_on;
+
+    #[test]
+    fn every_source_quantizes_the_rows_the_separate_ops_give() {
+        let (k, k_padded) = (300, 384);
+        let weight: Vec<f32> = random(k, 1, 0.5).iter().map(|w| 1.0 + w).collect();
+        let norm = NormWeight {
+            weight: &weight,
+            epsilon: 1e-5,
+        };
+        let rule = ActivationScale::Reciprocal;
+        // One row runs on the calling thread, many on the pool.
+        for m in [1, 45] {
+            let (gate, up) = (random(m * k, 2, 3.0), random(m * k, 3, 3.0));
+            let separate = |x: &[f32]| QuantizedActivations::new(x, m, k, k_padded, rule);
+            let fused = |source| QuantizedActivations::from_source(&source, m, k, k_padded, rule);
+            let normed = rms_norm(&gate, &weight, norm.epsilon);
+            let want = separate(&normed);
+            assert_eq!(fused(ActivationSource::Normed { x: &gate, norm }), want);
+            for activation in [FfnActivation::Silu, FfnActivation::Relu2] {
+                let activated = activation.apply(&gate, &up);
+                let gated = |norm| ActivationSource::Gated {
+                    gate: &gate,
+                    up: &up,
+                    activation,
+                    norm,
+                };
+                assert_eq!(fused(gated(None)), separate(&activated));
+                let want = separate(&rms_norm(&activated, &weight, norm.epsilon));
+                assert_eq!(fused(gated(Some(norm))), want, "{activation:?}, m = {m}");
+            }
+        }
+    }
+
+    #[test]
+    fn sources_that_do_not_fit_are_shape_errors() {
+        let (x, weight) = ([0.5f32; 12], [1.0f32; 4]);
+        let norm = NormWeight {
+            weight: &weight,
+            epsilon: 1e-5,
+        };
+        assert!(
+            ActivationSource::Normed { x: &x, norm }
+                .check_rows(3, 4)
+                .is_ok()
+        );
+        let err = ActivationSource::Plain(&x).check_rows(2, 4).unwrap_err();
+        assert!(err.to_string().contains("12 values"), "{err}");
+        let err = ActivationSource::Normed { x: &x, norm }
+            .check_rows(2, 6)
+            .unwrap_err();
+        assert!(err.to_string().contains("width 4"), "{err}");
+        let gated = ActivationSource::Gated {
+            gate: &x,
+            up: &x[..8],
+            activation: FfnActivation::Relu2,
+            norm: None,
+        };
+        assert!(
+            gated
+                .check_rows(3, 4)
+                .unwrap_err()
+                .to_string()
+                .contains("one length")
+        );
+    }
 
     #[test]
     fn every_path_quantizes_to_the_same_bits() {

@@ -6,7 +6,7 @@ use burn::backend::Dispatch;
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::Tensor;
 
-use super::{TernaryOps, TernaryWeight, as_f32, restore};
+use super::{TernaryOps, TernaryWeight, as_f32, check_gate_and_up, restore};
 use crate::error::{Result, TernaryError};
 use crate::glu::FfnActivation;
 use crate::i2s::TernaryLayout;
@@ -69,13 +69,7 @@ pub fn gated_rms_norm_ternary_linear<const D: usize>(
     epsilon: f64,
     weight: &TernaryWeight,
 ) -> Result<Tensor<D>> {
-    if gate.dims() != up.dims() {
-        return Err(TernaryError::Shape(format!(
-            "gate {:?} and up {:?} must have one shape",
-            gate.dims(),
-            up.dims()
-        )));
-    }
+    check_gate_and_up(&gate, &up)?;
     check_inputs(&gate.dims(), &[weight.layout])?;
     check_norm_width(&norm_weight, weight.layout.k)?;
     let dtype = gate.dtype();

@@ -326,13 +326,7 @@ pub fn gated_activation<const D: usize>(
     up: Tensor<D>,
     activation: FfnActivation,
 ) -> Result<Tensor<D>> {
-    if gate.dims() != up.dims() {
-        return Err(TernaryError::Shape(format!(
-            "gate {:?} and up {:?} must have one shape",
-            gate.dims(),
-            up.dims()
-        )));
-    }
+    check_gate_and_up(&gate, &up)?;
     let dtype = gate.dtype();
     let y = Tensor::<D>::from_dispatch(<Dispatch as TernaryOps>::gated_activation(
         as_f32(gate).into_dispatch(),
@@ -494,6 +488,18 @@ pub fn cache_write(
         None => <Dispatch as TernaryOps>::cache_write(buffer, new, start),
     };
     *cache = restore(Tensor::<4>::from_dispatch(written), dtype);
+    Ok(())
+}
+
+/// Checks that a feed-forward block's gate and up projections have one shape.
+fn check_gate_and_up<const D: usize>(gate: &Tensor<D>, up: &Tensor<D>) -> Result<()> {
+    if gate.dims() != up.dims() {
+        return Err(TernaryError::Shape(format!(
+            "gate {:?} and up {:?} must have one shape",
+            gate.dims(),
+            up.dims()
+        )));
+    }
     Ok(())
 }
 
