@@ -7,6 +7,8 @@
 //! moves both `q` (on ties) and the output, so the rule is part of the weight format
 //! ([`ActivationScale`]).
 
+use std::cell::Cell;
+
 use rayon::prelude::*;
 
 use crate::error::{Result, TernaryError};
@@ -107,13 +109,19 @@ impl QuantizedActivations {
                 .map_init(Vec::new, quantize)
                 .unzip_into_vecs(&mut out.scales, &mut out.sums);
         } else {
-            let mut scratch = Vec::new();
+            thread_local! {
+                // Reused: decode quantizes a fused row four times per layer per token.
+                static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+            }
+            // Taken rather than borrowed, so a nested call on this thread gets its own.
+            let mut scratch = SCRATCH.take();
             (out.scales, out.sums) = out
                 .q
                 .chunks_exact_mut(k_padded)
                 .enumerate()
                 .map(|row| quantize(&mut scratch, row))
                 .unzip();
+            SCRATCH.set(scratch);
         }
         out
     }
