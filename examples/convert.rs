@@ -108,7 +108,7 @@ fn save_hf_dir(
             // config.json and generation_config.json are the export's own.
             if name.starts_with("tokenizer") || name == "chat_template.jinja" {
                 std::fs::write(dir.join(name), text).map_err(|source| {
-                    bitnet_import::ImportError::Io {
+                    bitnet_import::ImportError::Write {
                         path: dir.join(name),
                         source,
                     }

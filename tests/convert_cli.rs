@@ -100,6 +100,18 @@ fn convert_fails_clearly_and_keeps_existing_files() {
         "",
     ));
     assert!(stderr.contains("is a directory"), "{stderr}");
+    // An output directory that does not exist: named as a write, its cause said once.
+    let missing = tmp.path().join("no-such-dir").join("out.bitnet");
+    let stderr = failure(&run_example(
+        "convert",
+        &["-i", &demo(), "-o", missing.to_str().unwrap()],
+        "",
+    ));
+    assert!(
+        stderr.contains("cannot write") && stderr.contains("no-such-dir"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
     // A corrupt input: the GGUF magic and nothing else.
     let corrupt = tmp.path().join("corrupt.gguf");
     std::fs::write(&corrupt, b"GGUF\x03\x00\x00\x00").unwrap();

@@ -9,9 +9,16 @@ use thiserror::Error;
 /// What can go wrong while importing a checkpoint.
 #[derive(Debug, Error)]
 pub enum ImportError {
-    /// A file could not be opened or read.
-    #[error("cannot read {path}: {source}")]
+    /// A file could not be opened or read (the cause is the error's source, shown after it by
+    /// `{:#}` in anyhow or by walking `source()`).
+    #[error("cannot read {path}")]
     Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A file or directory could not be created or written.
+    #[error("cannot write {path}")]
+    Write {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -55,8 +62,8 @@ pub enum ImportError {
     /// A tensor is stored in a dtype we cannot read for its role.
     #[error("tensor {name:?} has unsupported dtype {dtype}")]
     Dtype { name: String, dtype: String },
-    /// A tensor's values are invalid (a packed code of 3, a NaN scale, ...).
-    #[error("tensor {name:?}: {source}")]
+    /// A tensor's values are invalid (a packed code of 3, a NaN scale, ...): the source says how.
+    #[error("invalid tensor {name:?}")]
     Ternary { name: String, source: TernaryError },
     /// The model rejected the configuration.
     #[error(transparent)]

@@ -207,7 +207,7 @@ pub fn write_json(path: &Path, value: &Value) -> Result<()> {
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> ImportError {
-    ImportError::Io {
+    ImportError::Write {
         path: path.to_path_buf(),
         source,
     }

@@ -18,7 +18,7 @@ impl StagedFile {
         let mut name = path.file_name().unwrap_or_default().to_os_string();
         name.push(".partial");
         let temp = path.with_file_name(name);
-        let file = File::create(&temp).map_err(|source| ImportError::Io {
+        let file = File::create(&temp).map_err(|source| ImportError::Write {
             path: temp.clone(),
             source,
         })?;
@@ -30,10 +30,12 @@ impl StagedFile {
     }
 
     pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.out.write_all(bytes).map_err(|source| ImportError::Io {
-            path: self.temp.clone(),
-            source,
-        })
+        self.out
+            .write_all(bytes)
+            .map_err(|source| ImportError::Write {
+                path: self.temp.clone(),
+                source,
+            })
     }
 
     /// Zero bytes up to the next multiple of `align`, given `written` bytes so far.
@@ -44,13 +46,13 @@ impl StagedFile {
 
     /// Flushes, syncs and renames the file into place.
     pub(crate) fn finish(mut self) -> Result<()> {
-        let io = |source| ImportError::Io {
+        let io = |source| ImportError::Write {
             path: self.temp.clone(),
             source,
         };
         self.out.flush().map_err(io)?;
         self.out.get_ref().sync_all().map_err(io)?;
-        std::fs::rename(&self.temp, &self.path).map_err(|source| ImportError::Io {
+        std::fs::rename(&self.temp, &self.path).map_err(|source| ImportError::Write {
             path: self.path.clone(),
             source,
         })

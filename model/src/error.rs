@@ -40,6 +40,9 @@ pub enum ModelError {
     /// A sampling parameter outside its range.
     #[error("invalid sampling parameter: {0}")]
     Sampling(String),
+    /// A text or window that perplexity cannot score.
+    #[error("perplexity: {0}")]
+    Perplexity(String),
     /// A layer was given a float layer it cannot turn into a ternary one.
     #[error("unsupported conversion: {0}")]
     Unsupported(String),

@@ -27,14 +27,14 @@ pub struct Window {
 /// scored, so every token after the first is scored once.
 pub fn windows(n: usize, ctx: usize, stride: Option<usize>) -> Result<Vec<Window>> {
     if ctx < 2 {
-        return Err(ModelError::Config(format!(
-            "a perplexity window needs at least 2 tokens, got {ctx}"
+        return Err(ModelError::Perplexity(format!(
+            "a window needs at least 2 tokens, got {ctx}"
         )));
     }
     match stride {
         None => {
             if n < ctx {
-                return Err(ModelError::Config(format!(
+                return Err(ModelError::Perplexity(format!(
                     "the text has {n} tokens, fewer than one window of {ctx}"
                 )));
             }
@@ -49,14 +49,14 @@ pub fn windows(n: usize, ctx: usize, stride: Option<usize>) -> Result<Vec<Window
         Some(stride) => {
             // A stride of a whole window would leave each window's first token unscored.
             if stride == 0 || stride >= ctx {
-                return Err(ModelError::Config(format!(
+                return Err(ModelError::Perplexity(format!(
                     "the stride must be between 1 and {} (below the window size {ctx}), got \
                      {stride}",
                     ctx - 1
                 )));
             }
             if n < 2 {
-                return Err(ModelError::Config(format!(
+                return Err(ModelError::Perplexity(format!(
                     "the text has {n} tokens: nothing to predict"
                 )));
             }
@@ -82,7 +82,7 @@ pub fn windows(n: usize, ctx: usize, stride: Option<usize>) -> Result<Vec<Window
 /// it, in one forward pass over `tokens` from an empty context.
 pub fn token_nll(model: &BitNetModel, tokens: &[u32], first: usize) -> Result<Vec<f64>> {
     if first == 0 || first >= tokens.len() {
-        return Err(ModelError::Config(format!(
+        return Err(ModelError::Perplexity(format!(
             "scoring from token {first} of {}: the first scored token needs context and a target",
             tokens.len()
         )));
