@@ -72,7 +72,7 @@ pub fn save_hf_model(model: &BitNetModel, dir: &Path, bos: u32, eos: u32) -> Res
         }
     }
 
-    std::fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
+    std::fs::create_dir_all(dir).map_err(|source| write_error(dir, source))?;
     let views = entries
         .iter()
         .map(|e| {
@@ -137,7 +137,7 @@ pub const BYTE_LEVEL_END_OF_TEXT: u32 = 256;
 /// Writes the byte-level tokenizer of [`byte_level_tokenizer_json`] as `tokenizer.json` and a
 /// `tokenizer_config.json` that adds no BOS (a byte-level model is trained on raw text).
 pub fn save_byte_level_tokenizer(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
+    std::fs::create_dir_all(dir).map_err(|source| write_error(dir, source))?;
     write_json(&dir.join("tokenizer.json"), &byte_level_tokenizer_json())?;
     write_json(
         &dir.join("tokenizer_config.json"),
@@ -203,10 +203,10 @@ fn byte_level_alphabet() -> Vec<char> {
 /// Writes `value` as pretty JSON.
 pub fn write_json(path: &Path, value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("JSON values serialize");
-    std::fs::write(path, text + "\n").map_err(|source| io_error(path, source))
+    std::fs::write(path, text + "\n").map_err(|source| write_error(path, source))
 }
 
-fn io_error(path: &Path, source: std::io::Error) -> ImportError {
+fn write_error(path: &Path, source: std::io::Error) -> ImportError {
     ImportError::Write {
         path: path.to_path_buf(),
         source,
