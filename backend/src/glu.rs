@@ -56,7 +56,14 @@ impl FfnActivation {
     /// If the slices differ in length: callers check shapes first.
     pub fn apply_in_place(self, gate: &mut [f32], up: &[f32]) {
         assert_eq!(gate.len(), up.len(), "gate and up must have one length");
-        let run = |(gate, up): (&mut [f32], &[f32])| self.apply_row(gate, up);
+        let run = |(gate, up): (&mut [f32], &[f32])| {
+            vectorized(GatedSlice {
+                activation: self,
+                gate: None,
+                up,
+                out: gate,
+            })
+        };
         if gate.len() <= CHUNK {
             run((gate, up));
         } else {
@@ -66,22 +73,26 @@ impl FfnActivation {
         }
     }
 
-    /// [`FfnActivation::apply_in_place`] on the calling thread: one row of a feed-forward
-    /// block, computed just before it is quantized.
-    pub(crate) fn apply_row(self, gate: &mut [f32], up: &[f32]) {
+    /// `out[i] = act(gate[i]) * up[i]` on the calling thread: one row of a feed-forward block,
+    /// computed just before it is quantized (written where it is wanted: copying the gate
+    /// there first to activate it in place was 0.8% of a 700M prefill).
+    pub(crate) fn apply_row(self, gate: &[f32], up: &[f32], out: &mut [f32]) {
         vectorized(GatedSlice {
             activation: self,
-            gate,
+            gate: Some(gate),
             up,
+            out,
         })
     }
 }
 
-/// `gate[i] = act(gate[i]) * up[i]` over one slice.
+/// `out[i] = act(gate[i]) * up[i]` over one slice, the gate read from `out` itself if `gate` is
+/// `None`.
 struct GatedSlice<'a> {
     activation: FfnActivation,
-    gate: &'a mut [f32],
+    gate: Option<&'a [f32]>,
     up: &'a [f32],
+    out: &'a mut [f32],
 }
 
 impl FloatLoop for GatedSlice<'_> {
@@ -89,8 +100,24 @@ impl FloatLoop for GatedSlice<'_> {
 
     #[inline(always)]
     fn run(self) {
-        for (g, &u) in self.gate.iter_mut().zip(self.up) {
-            *g = self.activation.gated(*g, u);
+        let Self {
+            activation,
+            gate,
+            up,
+            out,
+        } = self;
+        match gate {
+            Some(gate) => {
+                assert!(gate.len() == out.len() && up.len() == out.len());
+                for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                    *o = activation.gated(g, u);
+                }
+            }
+            None => {
+                for (o, &u) in out.iter_mut().zip(up) {
+                    *o = activation.gated(*o, u);
+                }
+            }
         }
     }
 }
@@ -148,22 +175,30 @@ mod tests {
         let gate: Vec<f32> = (0..1037).map(|i| (i as f32 - 500.0) * 0.07).collect();
         let up: Vec<f32> = (0..1037).map(|i| (i % 13) as f32 - 6.25).collect();
         for activation in [FfnActivation::Silu, FfnActivation::Relu2] {
-            let run = |isa| {
-                let mut out = gate.clone();
-                let up = &up[..];
+            // In place (the gate in `out`) and from a separate gate.
+            let run = |isa, in_place: bool| {
+                let mut out = if in_place {
+                    gate.clone()
+                } else {
+                    vec![f32::NAN; gate.len()]
+                };
+                let (gate, up) = ((!in_place).then_some(&gate[..]), &up[..]);
+                let out_ref = &mut out;
                 vectorized_on(
                     isa,
                     GatedSlice {
                         activation,
-                        gate: &mut out,
+                        gate,
                         up,
+                        out: out_ref,
                     },
                 );
                 out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
             };
-            let want = run(Isa::Scalar);
+            let want = run(Isa::Scalar, true);
             for isa in Isa::supported() {
-                assert_eq!(run(isa), want, "{isa}");
+                assert_eq!(run(isa, true), want, "{isa}, in place");
+                assert_eq!(run(isa, false), want, "{isa}, from the gate");
             }
         }
     }

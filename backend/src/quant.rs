@@ -244,8 +244,7 @@ impl ActivationSource<'_> {
             } => {
                 scratch.resize(2 * k, 0.0);
                 let (activated, normed) = scratch.split_at_mut(k);
-                activated.copy_from_slice(&gate[at.clone()]);
-                activation.apply_row(activated, &up[at]);
+                activation.apply_row(&gate[at.clone()], &up[at], activated);
                 match norm {
                     Some(norm) => {
                         rms_norm_row(activated, norm.weight, norm.epsilon, normed);

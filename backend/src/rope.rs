@@ -76,12 +76,52 @@ impl FloatLoop for RotateRows<'_> {
             let s = &self.sin[position * dim..][..dim];
             let (x1, x2) = x.split_at(half);
             let (y1, y2) = y.split_at_mut(half);
-            for i in 0..half {
-                y1[i] = x1[i] * c[i] + -x2[i] * s[i];
-                y2[i] = x2[i] * c[half + i] + x1[i] * s[half + i];
+            let (c1, c2) = c.split_at(half);
+            let (s1, s2) = s.split_at(half);
+            // Whole lanes of sixteen go through fixed-size arrays: as one loop over `half`
+            // values the compiler checked at run time that the output overlaps none of the
+            // five inputs and, at a head width of 96, ran a third of the values in its scalar
+            // remainder (RoPE was 2.6% of a 700M prefill).
+            let whole = half / LANES * LANES;
+            for i in (0..whole).step_by(LANES) {
+                let lanes = |v: &[f32]| -> [f32; LANES] { v[i..i + LANES].try_into().unwrap() };
+                let (a, b) = rotate_pair(
+                    [&lanes(x1), &lanes(x2)],
+                    [&lanes(c1), &lanes(c2)],
+                    [&lanes(s1), &lanes(s2)],
+                );
+                y1[i..i + LANES].copy_from_slice(&a);
+                y2[i..i + LANES].copy_from_slice(&b);
+            }
+            for i in whole..half {
+                (y1[i], y2[i]) = rotate_one(x1[i], x2[i], (c1[i], c2[i]), (s1[i], s2[i]));
             }
         }
     }
+}
+
+/// Values per fixed-size step of [`RotateRows`]: one AVX-512 register, two AVX2 ones.
+const LANES: usize = 16;
+
+/// [`rotate_one`] on `LANES` pairs of values at once.
+#[inline(always)]
+fn rotate_pair(
+    [x1, x2]: [&[f32; LANES]; 2],
+    [c1, c2]: [&[f32; LANES]; 2],
+    [s1, s2]: [&[f32; LANES]; 2],
+) -> ([f32; LANES], [f32; LANES]) {
+    let mut out = ([0.0; LANES], [0.0; LANES]);
+    for i in 0..LANES {
+        (out.0[i], out.1[i]) = rotate_one(x1[i], x2[i], (c1[i], c2[i]), (s1[i], s2[i]));
+    }
+    out
+}
+
+/// One value of each half rotated: `(x1 * c1 - x2 * s1, x2 * c2 + x1 * s2)`, in the order of
+/// Burn's ops (`x * cos + rotate_half(x) * sin`).
+#[inline(always)]
+fn rotate_one(x1: f32, x2: f32, (c1, c2): (f32, f32), (s1, s2): (f32, f32)) -> (f32, f32) {
+    (x1 * c1 + -x2 * s1, x2 * c2 + x1 * s2)
 }
 
 #[cfg(test)]

@@ -273,6 +273,15 @@ fn banded_linear(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Vec<f32>
         .enumerate()
         .for_each(|(band, y)| {
             let (t0, tokens) = (band * band_tokens, y.len() / n);
+            let q = &x.q[t0 * kp..(t0 + tokens) * kp];
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx512Vnni {
+                assert_eq!(w.codes.len(), n * rb, "one packed row per output");
+                // SAFETY: the caller checked the CPU supports the path; `codes` holds the `n`
+                // rows and `q` the band's tokens, `kp = 4 * rb` activations each.
+                unsafe { avx512::finished_band(w.codes, rb, q, (&w.layout, x, t0), y) };
+                return;
+            }
             let mut raw = BAND_RAW.take();
             // `dots` overwrites every sum, so the buffer only grows: resizing it to each
             // layer's width zeroed the widened part again whenever a wider layer followed a
@@ -281,7 +290,6 @@ fn banded_linear(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Vec<f32>
                 raw.resize(n * tokens, 0);
             }
             let raw_band = &mut raw[..n * tokens];
-            let q = &x.q[t0 * kp..(t0 + tokens) * kp];
             dots(
                 isa,
                 w.codes,
@@ -294,8 +302,8 @@ fn banded_linear(isa: Isa, w: I2sView<'_>, x: &QuantizedActivations) -> Vec<f32>
             finish_tokens(&w.layout, x, raw_band, t0, y);
             BAND_RAW.set(raw);
         });
-    // SAFETY: the bands cover all `m * n` values and `finish_tokens` writes every value of its
-    // band (`tokens` rows of `n`, one per sum).
+    // SAFETY: the bands cover all `m * n` values, and `finish_tokens` (or the AVX-512 kernel's
+    // finishing sink) writes every value of its band (`tokens` rows of `n`, one per sum).
     unsafe { y.set_len(x.m * n) };
     y
 }
