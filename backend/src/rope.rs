@@ -81,7 +81,7 @@ impl FloatLoop for RotateRows<'_> {
             // Whole lanes of sixteen go through fixed-size arrays: as one loop over `half`
             // values the compiler checked at run time that the output overlaps none of the
             // five inputs and, at a head width of 96, ran a third of the values in its scalar
-            // remainder (RoPE was 2.6% of a 700M prefill).
+            // remainder (this loop: 1.4% of a 700M prefill's samples, 1.0% in lanes).
             let whole = half / LANES * LANES;
             for i in (0..whole).step_by(LANES) {
                 let lanes = |v: &[f32]| -> [f32; LANES] { v[i..i + LANES].try_into().unwrap() };
