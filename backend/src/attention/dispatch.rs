@@ -133,18 +133,21 @@ pub(super) fn row_scores<E: CacheValue>(
     chunk: &mut Vec<f32>,
 ) {
     let dim = queries.len();
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if isa.is_supported() {
+    let done = if isa.is_supported() {
         // SAFETY: the CPU was just checked to support the path.
-        done = unsafe {
+        unsafe {
             match isa {
                 Isa::Avx512Vnni => stored_scores::<Avx512, E>(queries, keys, scale, scores),
                 Isa::Avx2 => stored_scores::<Avx2, E>(queries, keys, scale, scores),
-                Isa::Scalar => 0,
+                Isa::Scalar | Isa::Neon => 0,
             }
-        };
-    }
+        }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     let _ = isa;
     let (keys, scores) = (&keys[done * dim..], &mut scores[done..]);
     match E::as_f32(keys) {
@@ -192,7 +195,7 @@ pub(super) fn row_weighted_sum<E: CacheValue>(
             match isa {
                 Isa::Avx512Vnni => stored_weighted_row::<Avx512, E>(probabilities, values, out[0]),
                 Isa::Avx2 => stored_weighted_row::<Avx2, E>(probabilities, values, out[0]),
-                Isa::Scalar => false,
+                Isa::Scalar | Isa::Neon => false,
             }
         };
         if done {
@@ -236,12 +239,15 @@ pub(super) fn transpose(isa: Isa, keys: &[f32], dim: usize, kt: &mut Vec<f32>) {
 /// for a full block on the AVX-512 path, whole groups of sixteen columns in registers, the
 /// rest one value at a time (the values are only moved, so every path gives the same bits).
 pub(super) fn transpose_keys(isa: Isa, keys: &[f32], dim: usize, kt: &mut [f32], stride: usize) {
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && isa.is_supported() && keys.len() == 16 * dim {
+    let done = if isa == Isa::Avx512Vnni && isa.is_supported() && keys.len() == 16 * dim {
         // SAFETY: the CPU was just checked to support AVX-512.
-        done = unsafe { super::avx512::transpose_keys(keys, dim, kt, stride) };
-    }
+        unsafe { super::avx512::transpose_keys(keys, dim, kt, stride) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     let _ = isa;
     // Column by column: each gets one run of contiguous stores.
     for c in done..dim {

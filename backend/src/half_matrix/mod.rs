@@ -138,6 +138,7 @@ fn f16_exact(values: &[f32]) -> Option<Vec<f16>> {
 /// A 16-bit float both paths can widen.
 trait Half: Copy + Send + Sync {
     /// BF16 (the upper half of an f32) rather than IEEE F16.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the AVX2 path only
     const BF16: bool;
     fn widen(self) -> f32;
 }

@@ -10,6 +10,8 @@ use crate::error::{Result, TernaryError};
 pub enum Isa {
     /// Portable Rust, the reference every other path must equal.
     Scalar,
+    /// NEON (aarch64): `smlal` on the codes read as signed bytes.
+    Neon,
     /// AVX2 (with FMA and F16C): `vpmaddubsw` on the unsigned codes.
     Avx2,
     /// AVX-512 with VNNI: `vpdpbusd` (and BW and VL, which its float loops and attention's
@@ -21,6 +23,7 @@ impl fmt::Display for Isa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Scalar => "scalar",
+            Self::Neon => "neon",
             Self::Avx2 => "avx2",
             Self::Avx512Vnni => "avx512",
         })
@@ -28,8 +31,9 @@ impl fmt::Display for Isa {
 }
 
 impl Isa {
-    /// Every instruction set this build knows, fastest last.
-    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
+    /// Every instruction set this build knows, fastest last (a CPU has either NEON or the x86
+    /// paths).
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Neon, Isa::Avx2, Isa::Avx512Vnni];
 
     /// Whether this CPU can run the path. Both vector paths also compile float loops with FMA
     /// and read f16 with F16C, which every CPU with AVX2 in practice has, but which are
@@ -43,6 +47,8 @@ impl Isa {
         };
         match self {
             Self::Scalar => true,
+            #[cfg(target_arch = "aarch64")]
+            Self::Neon => std::arch::is_aarch64_feature_detected!("neon"),
             #[cfg(target_arch = "x86_64")]
             Self::Avx2 => avx2(),
             #[cfg(target_arch = "x86_64")]
@@ -53,7 +59,7 @@ impl Isa {
                     && std::arch::is_x86_feature_detected!("avx512vl")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            // The other architecture's paths.
             _ => false,
         }
     }
@@ -72,11 +78,12 @@ impl Isa {
     pub fn parse(value: &str) -> Result<Isa> {
         let isa = match value.trim().to_ascii_lowercase().as_str() {
             "scalar" => Isa::Scalar,
+            "neon" => Isa::Neon,
             "avx2" => Isa::Avx2,
             "avx512" | "avx512vnni" | "avx512_vnni" => Isa::Avx512Vnni,
             other => {
                 return Err(TernaryError::Dispatch(format!(
-                    "BITNET_ISA={other:?} is not one of scalar, avx2, avx512"
+                    "BITNET_ISA={other:?} is not one of scalar, neon, avx2, avx512"
                 )));
             }
         };

@@ -4,11 +4,11 @@
 //! (0, 1, 2); the driver subtracts the token's `sum(q)` once to recover `sum_c w(r, c) * q[t][c]`
 //! for `w = code - 1`. All arithmetic is integer, so every path gives the same bits.
 //!
-//! Decode (one token) streams each packed row once. For prefill (several tokens) the scalar and
-//! AVX2 paths unpack a pair of rows into bytes once and reuse them for every token, four tokens
-//! at a time ([`DecodingKernel`]); the AVX-512 path unpacks in registers and computes tiles of
-//! rows x tokens from the packed rows directly. Either way a weight is decoded once per tile,
-//! not once per product.
+//! Decode (one token) streams each packed row once. For prefill (several tokens) the scalar,
+//! NEON and AVX2 paths unpack a pair of rows into bytes once and reuse them for every token,
+//! four tokens at a time ([`DecodingKernel`]); the AVX-512 path unpacks in registers and
+//! computes tiles of rows x tokens from the packed rows directly. Either way a weight is
+//! decoded once per tile, not once per product.
 //!
 //! On the rayon pool, one token's rows are split across tasks that each finish their own
 //! outputs, and layers sharing an input go in one call ([`ternary_linear_group_quantized`]); a
@@ -22,6 +22,8 @@ pub(crate) mod avx512;
 mod decode;
 mod finish;
 mod isa;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod prefetch;
 mod scalar;
 #[cfg(test)]
@@ -155,12 +157,15 @@ trait DecodingKernel {
 #[inline(always)]
 pub(crate) fn widen_halves(isa: Isa, src: &[u16], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len(), "one f32 per f16");
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && isa.is_supported() {
+    let done = if isa == Isa::Avx512Vnni && isa.is_supported() {
         // SAFETY: the CPU was just checked to support AVX-512.
-        done = unsafe { avx512::widen_halves(src, dst) };
-    }
+        unsafe { avx512::widen_halves(src, dst) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     let _ = isa;
     for (wide, &half) in dst[done..].iter_mut().zip(&src[done..]) {
         *wide = scalar::f16_to_f32(half);
@@ -422,8 +427,9 @@ fn dots(isa: Isa, codes: &[u8], rb: usize, q: &[i8], m: usize, layout: SumLayout
         Isa::Avx2 => run::<avx2::Avx2>(codes, rb, q, m, layout, out),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => run::<avx512::Avx512Vnni>(codes, rb, q, m, layout, out),
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("check_supported rejects x86 paths on other architectures"),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => run::<neon::Neon>(codes, rb, q, m, layout, out),
+        _ => unreachable!("check_supported rejects the other architecture's paths"),
     }
 }
 

@@ -272,7 +272,8 @@ fn accumulators(isa: Isa, w: LutView<'_>, x: &QuantizedActivations) -> Result<Ve
         .for_each(|(out, tile)| {
             for (out, tables) in out.iter_mut().zip(&tables) {
                 match isa {
-                    Isa::Scalar => run::<scalar::Scalar>(tile, tables, out),
+                    // NEON has no LUT kernel of its own: the portable one gives the same sums.
+                    Isa::Scalar | Isa::Neon => run::<scalar::Scalar>(tile, tables, out),
                     // The LUT kernel needs only byte shuffles: AVX-512 machines run the AVX2 one.
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx2 | Isa::Avx512Vnni => run::<avx2::Avx2>(tile, tables, out),
