@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{DecodingKernel, prefetch_distance};
+use super::{DecodingKernel, flush_runs, prefetch_distance, unpacked_blocks};
 use crate::i2s::{BLOCK, BLOCK_BYTES};
 use crate::vectorize::FloatLoop;
 
@@ -102,11 +102,9 @@ unsafe fn gemv_tile<const R: usize>(rows: [&[u8]; R], q: &[i8], ahead: usize) ->
     debug_assert!(rows.iter().all(|r| r.len() == blocks * BLOCK_BYTES));
     let ones = _mm256_set1_epi16(1);
     let mut acc32 = [_mm256_setzero_si256(); R];
-    let mut start = 0;
-    while start < blocks {
-        let end = (start + GEMV_BLOCKS_PER_FLUSH).min(blocks);
+    for run in flush_runs(blocks, GEMV_BLOCKS_PER_FLUSH) {
         let mut acc16 = [_mm256_setzero_si256(); R];
-        for b in start..end {
+        for b in run {
             if b % 2 == 0 {
                 for row in rows {
                     // A hint only (no fault past the end): rows are short streams, as in the
@@ -137,7 +135,6 @@ unsafe fn gemv_tile<const R: usize>(rows: [&[u8]; R], q: &[i8], ahead: usize) ->
         for (a32, a16) in acc32.iter_mut().zip(acc16) {
             *a32 = _mm256_add_epi32(*a32, _mm256_madd_epi16(a16, ones));
         }
-        start = end;
     }
     acc32.map(|v| hsum_i32(v))
 }
@@ -148,11 +145,7 @@ unsafe fn gemv_tile<const R: usize>(rows: [&[u8]; R], q: &[i8], ahead: usize) ->
 /// `dst.len() == 4 * row.len()` and `row.len()` is a multiple of 32.
 #[target_feature(enable = "avx2")]
 unsafe fn decode_row(row: &[u8], dst: &mut [u8]) {
-    debug_assert_eq!(dst.len(), 4 * row.len());
-    for (packed, dst) in row
-        .chunks_exact(BLOCK_BYTES)
-        .zip(dst.chunks_exact_mut(BLOCK))
-    {
+    for (packed, dst) in unpacked_blocks(row, dst) {
         // SAFETY: `packed` is 32 bytes and `dst` 128 bytes, so each store of group g fits.
         unsafe {
             for (g, codes) in unpack(load(packed.as_ptr())).into_iter().enumerate() {
@@ -176,11 +169,9 @@ unsafe fn dot_tile<const R: usize, const T: usize>(
     debug_assert!(qs.iter().all(|q| q.len() == chunks * 32));
     let ones = _mm256_set1_epi16(1);
     let mut acc32 = [[_mm256_setzero_si256(); T]; R];
-    let mut start = 0;
-    while start < chunks {
-        let end = (start + CHUNKS_PER_FLUSH).min(chunks);
+    for run in flush_runs(chunks, CHUNKS_PER_FLUSH) {
         let mut acc16 = [[_mm256_setzero_si256(); T]; R];
-        for ch in start..end {
+        for ch in run {
             // A plain loop rather than `from_fn`: a closure would not inherit this function's
             // target features, and each load became a call.
             let mut w = [_mm256_setzero_si256(); R];
@@ -201,7 +192,6 @@ unsafe fn dot_tile<const R: usize, const T: usize>(
                 acc32[r][t] = _mm256_add_epi32(acc32[r][t], _mm256_madd_epi16(acc16[r][t], ones));
             }
         }
-        start = end;
     }
     let mut sums = [[0; T]; R];
     if R * T == 8 {

@@ -42,7 +42,7 @@ use std::cell::{Cell, RefCell};
 use rayon::prelude::*;
 
 use crate::error::{Result, TernaryError};
-use crate::i2s::{I2sView, TernaryLayout};
+use crate::i2s::{BLOCK, BLOCK_BYTES, I2sView, TernaryLayout};
 use crate::quant::{ActivationSource, QuantizedActivations};
 
 /// Rows decoded together in the multi-token path of the decoding kernels.
@@ -147,6 +147,26 @@ trait DecodingKernel {
         codes: [&[u8]; R],
         qs: [&[i8]; T],
     ) -> [[i32; T]; R];
+}
+
+/// Each packed block of an I2_S `row` with the part of `dst` its codes unpack into, one byte
+/// per code ([`DecodingKernel::decode_row`]).
+fn unpacked_blocks<'a>(
+    row: &'a [u8],
+    dst: &'a mut [u8],
+) -> impl Iterator<Item = (&'a [u8], &'a mut [u8])> {
+    debug_assert_eq!(dst.len(), 4 * row.len());
+    row.chunks_exact(BLOCK_BYTES)
+        .zip(dst.chunks_exact_mut(BLOCK))
+}
+
+/// The runs of at most `per_flush` steps that `0..steps` is summed in by kernels whose lanes
+/// are i16: each run is summed in i16 and widened to i32 after it, so no lane can overflow.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn flush_runs(steps: usize, per_flush: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..steps)
+        .step_by(per_flush)
+        .map(move |start| start..(start + per_flush).min(steps))
 }
 
 /// `dst[i]` = the f32 of the f16 with bits `src[i]` (exact; NaNs quieted, as `half` does): one

@@ -7,7 +7,7 @@
 
 use std::arch::aarch64::*;
 
-use super::DecodingKernel;
+use super::{DecodingKernel, flush_runs, unpacked_blocks};
 use crate::i2s::{BLOCK, BLOCK_BYTES};
 
 pub(super) struct Neon;
@@ -92,11 +92,9 @@ unsafe fn gemv_tile<const R: usize>(rows: [&[u8]; R], q: &[i8]) -> [i32; R] {
     let blocks = q.len() / BLOCK;
     debug_assert!(rows.iter().all(|r| r.len() == blocks * BLOCK_BYTES));
     let mut acc32 = [vdupq_n_s32(0); R];
-    let mut start = 0;
-    while start < blocks {
-        let end = (start + GEMV_BLOCKS_PER_FLUSH).min(blocks);
+    for run in flush_runs(blocks, GEMV_BLOCKS_PER_FLUSH) {
         let mut acc16 = [[vdupq_n_s16(0); 2]; R];
-        for b in start..end {
+        for b in run {
             // SAFETY: b < blocks, so the 128 activations of block b exist.
             let x: [[int8x16_t; 2]; 4] = std::array::from_fn(|g| unsafe {
                 let at = q.as_ptr().add(b * BLOCK + g * BLOCK_BYTES);
@@ -117,7 +115,6 @@ unsafe fn gemv_tile<const R: usize>(rows: [&[u8]; R], q: &[i8]) -> [i32; R] {
         for (a32, a16) in acc32.iter_mut().zip(acc16) {
             *a32 = widen(*a32, a16);
         }
-        start = end;
     }
     acc32.map(|v| vaddvq_s32(v))
 }
@@ -128,11 +125,7 @@ unsafe fn gemv_tile<const R: usize>(rows: [&[u8]; R], q: &[i8]) -> [i32; R] {
 /// `dst.len() == 4 * row.len()` and `row.len()` is a multiple of 32.
 #[target_feature(enable = "neon")]
 unsafe fn decode_row(row: &[u8], dst: &mut [u8]) {
-    debug_assert_eq!(dst.len(), 4 * row.len());
-    for (packed, dst) in row
-        .chunks_exact(BLOCK_BYTES)
-        .zip(dst.chunks_exact_mut(BLOCK))
-    {
+    for (packed, dst) in unpacked_blocks(row, dst) {
         // SAFETY: `packed` is 32 bytes and `dst` 128, so each load and each 16-byte store of
         // group g's halves fits.
         unsafe {
@@ -160,11 +153,9 @@ unsafe fn dot_tile<const R: usize, const T: usize>(
     debug_assert!(codes.iter().all(|c| c.len() == chunks * 16));
     debug_assert!(qs.iter().all(|q| q.len() == chunks * 16));
     let mut acc32 = [[vdupq_n_s32(0); T]; R];
-    let mut start = 0;
-    while start < chunks {
-        let end = (start + CHUNKS_PER_FLUSH).min(chunks);
+    for run in flush_runs(chunks, CHUNKS_PER_FLUSH) {
         let mut acc16 = [[[vdupq_n_s16(0); 2]; T]; R];
-        for ch in start..end {
+        for ch in run {
             // A plain loop rather than `from_fn`: a closure would not inherit this function's
             // target features.
             let mut w = [vdupq_n_s8(0); R];
@@ -186,7 +177,6 @@ unsafe fn dot_tile<const R: usize, const T: usize>(
                 acc32[r][t] = widen(acc32[r][t], acc16[r][t]);
             }
         }
-        start = end;
     }
     acc32.map(|row| row.map(|v| vaddvq_s32(v)))
 }

@@ -1,6 +1,6 @@
 //! Portable reference path: plain loops over the I2_S layout.
 
-use super::DecodingKernel;
+use super::{DecodingKernel, unpacked_blocks};
 use crate::i2s::{BLOCK, BLOCK_BYTES};
 
 pub(super) struct Scalar;
@@ -46,10 +46,7 @@ impl DecodingKernel for Scalar {
     }
 
     unsafe fn decode_row(row: &[u8], dst: &mut [u8]) {
-        for (block, dst) in row
-            .chunks_exact(BLOCK_BYTES)
-            .zip(dst.chunks_exact_mut(BLOCK))
-        {
+        for (block, dst) in unpacked_blocks(row, dst) {
             for (group, shift) in SHIFTS.iter().enumerate() {
                 let dst = &mut dst[group * BLOCK_BYTES..(group + 1) * BLOCK_BYTES];
                 for (d, &byte) in dst.iter_mut().zip(block) {
