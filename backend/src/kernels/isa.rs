@@ -35,8 +35,8 @@ impl Isa {
     /// paths).
     pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Neon, Isa::Avx2, Isa::Avx512Vnni];
 
-    /// Whether this CPU can run the path. Both vector paths also compile float loops with FMA
-    /// and read f16 with F16C, which every CPU with AVX2 in practice has, but which are
+    /// Whether this CPU can run the path. Both x86 vector paths also compile float loops with
+    /// FMA and read f16 with F16C, which every CPU with AVX2 in practice has, but which are
     /// separate features.
     pub fn is_supported(self) -> bool {
         #[cfg(target_arch = "x86_64")]
