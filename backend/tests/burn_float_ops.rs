@@ -9,9 +9,35 @@ use bitnet_backend::{
     FfnActivation, cache_write, cached_attention, gated_activation, rms_norm, rotary_embedding,
 };
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Device, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Gradients, Tensor, TensorData};
 use burn_support::{devices, relative_to_max};
 use common::Rng;
+
+/// The gradients of `sum(got * dy)` and of `sum(want * dy)`: an op and its reference, each
+/// built on its own copies of the inputs, back-propagated from the same random `dy`.
+fn backward_both<const D: usize>(
+    got: Tensor<D>,
+    want: Tensor<D>,
+    dy: Tensor<D>,
+) -> (Gradients, Gradients) {
+    (
+        (got * dy.clone()).sum().backward(),
+        (want * dy).sum().backward(),
+    )
+}
+
+/// The gradient of the input `got` (in `grads.0`) is within `rel` of that of its reference
+/// copy `want` (in `grads.1`), as [`relative_to_max`] measures.
+fn assert_gradients_close<const D: usize>(
+    grads: &(Gradients, Gradients),
+    got: &Tensor<D>,
+    want: &Tensor<D>,
+    rel: f32,
+) {
+    let got = got.grad(&grads.0).expect("gradient").into_data();
+    let want = want.grad(&grads.1).expect("gradient").into_data();
+    got.assert_approx_eq::<f32>(&want, relative_to_max(&want, rel));
+}
 
 /// Burn's own ops for `act(gate) * up`: what the gated activation must equal.
 fn burn_gated(gate: Tensor<2>, up: Tensor<2>, activation: FfnActivation) -> Tensor<2> {
@@ -119,30 +145,17 @@ fn rms_norm_is_close_to_burns_ops_with_their_gradients() {
             let got = rms_norm(x_got.clone(), w_got.clone(), 1e-5).unwrap();
             let (x_want, w_want) = inputs();
             let want = burn_rms_norm(x_want.clone(), w_want.clone(), 1e-5);
-            let tolerance = |want: &TensorData| relative_to_max(want, 1e-5);
             let want_data = want.clone().into_data();
             let got_data = got.clone().into_data();
-            got_data.assert_approx_eq::<f32>(&want_data, tolerance(&want_data));
+            got_data.assert_approx_eq::<f32>(&want_data, relative_to_max(&want_data, 1e-5));
             if !device.is_autodiff() {
                 continue;
             }
             let dy =
                 Tensor::<3>::from_data(TensorData::new(rng.floats(2 * 300 * d), shape), &device);
-            let grads = (got * dy.clone()).sum().backward();
-            let want_grads = (want * dy).sum().backward();
-            for (got, want) in [
-                (
-                    x_got.grad(&grads).map(|g| g.into_data()),
-                    x_want.grad(&want_grads).map(|g| g.into_data()),
-                ),
-                (
-                    w_got.grad(&grads).map(|g| g.into_data()),
-                    w_want.grad(&want_grads).map(|g| g.into_data()),
-                ),
-            ] {
-                let (got, want) = (got.expect("gradient"), want.expect("gradient"));
-                got.assert_approx_eq::<f32>(&want, tolerance(&want));
-            }
+            let grads = backward_both(got, want, dy);
+            assert_gradients_close(&grads, &x_got, &x_want, 1e-5);
+            assert_gradients_close(&grads, &w_got, &w_want, 1e-5);
             println!("{name}: values and gradients agree");
         }
     }
@@ -221,11 +234,8 @@ fn rotary_embedding_equals_burns_ops_with_their_gradients() {
             if device.is_autodiff() {
                 let dy =
                     Tensor::<4>::from_data(TensorData::new(rng.floats(x.len()), shape), &device);
-                let grads = (got * dy.clone()).sum().backward();
-                let want_grads = (want * dy).sum().backward();
-                let got = x_got.grad(&grads).expect("gradient").into_data();
-                let want = x_want.grad(&want_grads).expect("gradient").into_data();
-                got.assert_approx_eq::<f32>(&want, relative_to_max(&want, 1e-6));
+                let grads = backward_both(got, want, dy);
+                assert_gradients_close(&grads, &x_got, &x_want, 1e-6);
                 println!("{name}: values and gradients agree");
             }
         }
@@ -302,11 +312,8 @@ fn cache_write_equals_burns_slice_assign_with_rotation_and_gradients() {
                         TensorData::new(rng.floats(old.len()), cache_shape),
                         &device,
                     );
-                    let grads = (got * dy.clone()).sum().backward();
-                    let want_grads = (want * dy).sum().backward();
-                    let got = new_got.grad(&grads).expect("gradient").into_data();
-                    let want = new_want.grad(&want_grads).expect("gradient").into_data();
-                    got.assert_approx_eq::<f32>(&want, relative_to_max(&want, 1e-6));
+                    let grads = backward_both(got, want, dy);
+                    assert_gradients_close(&grads, &new_got, &new_want, 1e-6);
                 }
                 println!("{name}: rotate {rotate} agrees");
             }
@@ -403,12 +410,9 @@ fn cached_attention_is_close_to_burns_ops_with_their_gradients() {
                     TensorData::new(rng.floats(q.len()), out_shape),
                     &device,
                 );
-                let grads = (got * dy.clone()).sum().backward();
-                let want_grads = (want * dy).sum().backward();
+                let grads = backward_both(got, want, dy);
                 for (got, want) in [(q_got, q_want), (k_got, k_want), (v_got, v_want)] {
-                    let got = got.grad(&grads).expect("gradient").into_data();
-                    let want = want.grad(&want_grads).expect("gradient").into_data();
-                    got.assert_approx_eq::<f32>(&want, relative_to_max(&want, 1e-5));
+                    assert_gradients_close(&grads, &got, &want, 1e-5);
                 }
                 println!("{name}: values and gradients agree");
             }
