@@ -191,6 +191,25 @@ fn int8_head_logits_stay_within_the_hard_limit() {
     });
 }
 
+/// Generation with the opt-in int8 LM head (the prompt's last position and every decode step go
+/// through it) picks the reference's greedy tokens, as the manifest requires of any variant.
+#[test]
+fn int8_head_keeps_the_reference_greedy_tokens() {
+    let Some(cases) = cases() else { return };
+    let device = Device::flex();
+    for case in &cases {
+        let model = load(&case.model_dir, &device).with_int8_head().unwrap();
+        for seq in &case.sequences {
+            let got = greedy(&model, &seq.input_ids, seq.greedy.len(), &device);
+            assert_eq!(
+                got, seq.greedy,
+                "{} {} with the int8 head",
+                case.name, seq.id
+            );
+        }
+    }
+}
+
 /// The opt-in f16 KV cache, fed one position at a time (each step reads every earlier
 /// position's rounded keys and values), keeps every position's logits within the hard limit.
 #[test]
