@@ -96,6 +96,7 @@ fn run(args: Args, device: Device) -> Result<()> {
     let ctx_size = args
         .ctx_size
         .unwrap_or(model.config.max_position_embeddings.min(2048));
+    common::warn_past_training_context(&model, ctx_size, "--ctx-size");
     let tokenizer = args.model.tokenizer()?;
     let seed = args.seed.unwrap_or_else(rand_seed);
     let mut sampler = Sampler::new(SamplerConfig {

@@ -55,6 +55,7 @@ fn run(args: Args, device: Device) -> Result<()> {
     if len == 0 {
         anyhow::bail!("--text gives no tokens");
     }
+    common::warn_past_training_context(&model, len, "the token sequence");
     let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, len]), &device);
     let logits = model.forward_full(tokens)?;
     let vocab = model.config.vocab_size;

@@ -58,6 +58,7 @@ fn run(args: Args, device: Device) -> Result<()> {
     let ctx = args
         .ctx
         .unwrap_or(model.config.max_position_embeddings.min(512));
+    common::warn_past_training_context(&model, ctx, "--ctx");
     let windows = windows(tokens.len(), ctx, args.stride)
         .with_context(|| format!("{} with --ctx {ctx}", args.file.display()))?;
 

@@ -108,6 +108,20 @@ fn with_no_arguments_infer_runs_the_bundled_demo_model() {
 }
 
 #[test]
+fn a_context_past_the_training_context_runs_with_a_warning() {
+    let (ok, _, log) = infer(&["-n", "2", "--temp", "0"], "");
+    assert!(ok && !log.contains("warning:"), "{log}");
+    // The demo model was trained on 128 positions; llama.cpp also warns and runs.
+    let (ok, _, log) = infer(&["-n", "2", "--temp", "0", "-c", "200"], "");
+    assert!(ok && log.contains("generated: 2 tokens"), "{log}");
+    assert!(
+        log.contains("warning: --ctx-size needs 200 positions")
+            && log.contains("training context of 128"),
+        "{log}"
+    );
+}
+
+#[test]
 fn bad_inputs_exit_non_zero_with_one_line() {
     let (ok, _, log) = infer(&["-m", "/nonexistent/model"], "");
     assert!(!ok && log.contains("/nonexistent/model"), "{log}");

@@ -50,6 +50,17 @@ fn perplexity_reports_json_for_both_window_rules() {
 
     let (ok, out, log) = run(&["-f", file, "--ctx", "64"]);
     assert!(ok && out.starts_with("perplexity: "), "{out}{log}");
+    assert!(!log.contains("warning:"), "{log}");
+
+    // Past the demo model's 128 trained positions: scored, with llama.cpp's warning.
+    let (ok, out, log) = run(&["-f", file, "--ctx", "150"]);
+    assert!(ok && out.starts_with("perplexity: "), "{out}{log}");
+    assert!(
+        log.contains(
+            "warning: --ctx needs 150 positions, past the model's training context of 128"
+        ),
+        "{log}"
+    );
 }
 
 #[test]

@@ -139,6 +139,20 @@ impl ModelArgs {
     }
 }
 
+/// Warns, as llama.cpp does, when `what` (a flag or the input) needs `positions` positions, past
+/// the context the model was trained on: it runs, but what it computes there is extrapolation,
+/// and far past it (say `--ctx 100000` on a 128-position model) it is slow, as attention is
+/// quadratic.
+pub fn warn_past_training_context(model: &BitNetModel, positions: usize, what: &str) {
+    let trained = model.config.max_position_embeddings;
+    if positions > trained {
+        eprintln!(
+            "warning: {what} needs {positions} positions, past the model's training context of \
+             {trained} (max_position_embeddings): output beyond it is unreliable"
+        );
+    }
+}
+
 /// Loads an HF directory, GGUF file or converted file onto `device`, naming it in any error.
 pub fn load_model(path: &std::path::Path, device: &Device) -> anyhow::Result<BitNetModel> {
     use anyhow::Context;
