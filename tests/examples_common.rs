@@ -30,3 +30,17 @@ fn install_runs_the_work_on_a_thread_of_a_pool_of_exactly_t_threads() {
     let message = zero.install(|_| Ok(())).unwrap_err().to_string();
     assert!(message.contains("--threads"), "{message}");
 }
+
+#[test]
+fn errors_print_on_one_line_without_a_cause_repeated() {
+    let chained = anyhow::anyhow!("no such file").context("reading /x");
+    assert_eq!(common::one_line(&chained), "reading /x: no such file");
+    // safetensors' I/O error prints the io::Error and also returns it as its source.
+    let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+    let e = anyhow::Error::new(safetensors::SafeTensorError::IoError(io)).context("writing /y");
+    assert_eq!(
+        format!("{e:#}"),
+        "writing /y: I/O error: no such file: no such file"
+    );
+    assert_eq!(common::one_line(&e), "writing /y: I/O error: no such file");
+}

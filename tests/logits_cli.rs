@@ -123,3 +123,13 @@ fn text_is_tokenized_with_the_model_tokenizer() {
         "--text and --tokens exclude each other"
     );
 }
+
+#[test]
+fn an_unwritable_out_file_is_one_line_naming_it_with_its_cause_once() {
+    let run = logits(&["--tokens", "1", "--out", "/no/such/dir/logits.safetensors"]);
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{log}");
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert!(log.contains("/no/such/dir/logits.safetensors"), "{log}");
+    assert_eq!(log.matches("os error 2").count(), 1, "{log}");
+}

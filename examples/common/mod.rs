@@ -81,9 +81,27 @@ pub fn demo_model_dir() -> std::path::PathBuf {
 /// Prints a failed run's error chain on one line and exits with status 1.
 fn exit_on_error(result: anyhow::Result<()>) {
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// `e` and its causes joined by `: ` (as `{e:#}` gives them), leaving out a cause whose text
+/// the line already ends with: some errors, such as safetensors' I/O error, print their source
+/// themselves and also return it as the next cause, which `{e:#}` then printed twice.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (warnings only by default); `RUST_LOG=debug` shows,
