@@ -6,6 +6,9 @@
 //! ```text
 //! cargo run --release --example bench -- -m MODEL -p 128 -n 64 -t 1,2 -r 5 [-d 512] [--json]
 //! ```
+//! As in llama-bench, `-p`, `-n`, `-d` and `-t` each take a comma-separated list
+//! (`-p 128,512 -d 0,512`): every prompt and generation length runs at every depth, per thread
+//! count.
 //! The markdown table (or, with `--json`, an array of
 //! `{"test", "threads", "mean_tps", "sd_tps", "reps", ...}`) goes to stdout. Decode rows also
 //! give the bytes a step reads (`read_bytes_per_token`: packed weights, norms, the LM head in
@@ -34,16 +37,31 @@ use common::{Backend, ModelArgs};
 struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// Prompt tokens of the prefill test (0: skip it).
-    #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
-    n_prompt: usize,
-    /// Generated tokens of the decode test (0: skip it).
-    #[arg(short = 'n', long = "n-gen", default_value_t = 64)]
-    n_gen: usize,
+    /// Prompt tokens of the prefill tests, e.g. 128,512 (0: none).
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
+    n_prompt: Vec<usize>,
+    /// Generated tokens of the decode tests, e.g. 64 (0: none).
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "64"
+    )]
+    n_gen: Vec<usize>,
     /// Positions already in the cache when each test starts (prefilled untimed with one
     /// batched prefill), as llama-bench's `-d`: the rows are named `pp128 @ d512`.
-    #[arg(short = 'd', long = "n-depth", default_value_t = 0)]
-    n_depth: usize,
+    #[arg(
+        short = 'd',
+        long = "n-depth",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    n_depth: Vec<usize>,
     /// Thread counts to test, e.g. 1,2.
     #[arg(short, long, value_delimiter = ',', default_value = "1,2")]
     threads: Vec<usize>,
@@ -74,9 +92,7 @@ fn run(args: Args) -> Result<()> {
     if args.repetitions == 0 {
         bail!("-r/--repetitions must be at least 1");
     }
-    if args.n_prompt == 0 && args.n_gen == 0 {
-        bail!("nothing to run: -p and -n are both 0");
-    }
+    let tests = tests(&args.n_prompt, &args.n_gen, &args.n_depth)?;
     let device = args.device.device();
     let dir = args.model.path();
     let start = Instant::now();
@@ -86,29 +102,14 @@ fn run(args: Args) -> Result<()> {
     let model_bytes = model_bytes(&dir)?;
     // The kernel family the layers were packed for (`BITNET_KERNEL`, checked by the load).
     let kernel = KernelChoice::selected()?.to_string();
-    let depth = args.n_depth;
-    let at_depth = |name: String| match depth {
-        0 => name,
-        d => format!("{name} @ d{d}"),
-    };
-    let tests: Vec<(String, usize, bool)> = [
-        (
-            at_depth(format!("pp{}", args.n_prompt)),
-            args.n_prompt,
-            true,
-        ),
-        (at_depth(format!("tg{}", args.n_gen)), args.n_gen, false),
-    ]
-    .into_iter()
-    .filter(|(_, tokens, _)| *tokens > 0)
-    .collect();
     // A cache beyond the trained context would be allocated whole (and, far enough, fail).
     let context = model.config.max_position_embeddings;
-    if let Some((name, tokens, _)) = tests.iter().find(|(_, t, _)| depth + t > context) {
+    if let Some(test) = tests.iter().find(|t| t.depth + t.tokens > context) {
         bail!(
-            "{name} needs {} positions but the model's context is {context} \
+            "{} needs {} positions but the model's context is {context} \
              (max_position_embeddings): lower -d/--n-depth, -p or -n",
-            depth + tokens
+            test.name(),
+            test.depth + test.tokens
         );
     }
 
@@ -118,17 +119,22 @@ fn run(args: Args) -> Result<()> {
             .num_threads(threads)
             .build()
             .context("building the thread pool")?;
-        for (name, tokens, prefill) in &tests {
+        for test in &tests {
+            let Test {
+                tokens,
+                depth,
+                prefill,
+            } = *test;
             let run_once = || {
-                if *prefill {
-                    time_prefill(&model, *tokens, depth, &device)
+                if prefill {
+                    time_prefill(&model, tokens, depth, &device)
                 } else {
-                    time_decode(&model, *tokens, depth, &device)
+                    time_decode(&model, tokens, depth, &device)
                 }
             };
             pool.install(run_once)?;
             let rates = (0..args.repetitions)
-                .map(|_| pool.install(run_once).map(|secs| *tokens as f64 / secs))
+                .map(|_| pool.install(run_once).map(|secs| tokens as f64 / secs))
                 .collect::<Result<Vec<_>>>()?;
             let (mean, sd) = mean_sd(&rates);
             let mut row = json!({
@@ -140,14 +146,14 @@ fn run(args: Args) -> Result<()> {
                 "kernel": kernel,
                 "cache_type": model.cache_type.to_string(),
                 "backend": format!("{:?}", args.device).to_lowercase(),
-                "test": name,
+                "test": test.name(),
                 "n_depth": depth,
                 "threads": threads,
                 "mean_tps": mean,
                 "sd_tps": sd,
                 "reps": args.repetitions,
             });
-            if !*prefill {
+            if !prefill {
                 // Step i attends depth + i + 1 positions: the mean step reads the mean of the
                 // ends.
                 let bytes =
@@ -171,6 +177,49 @@ fn run(args: Args) -> Result<()> {
         print_table(&rows, model_bytes, rss);
     }
     Ok(())
+}
+
+/// One row of the table: a prefill (`ppN`) or decode (`tgN`) of `tokens` tokens after `depth`
+/// cached positions.
+#[derive(Debug, Clone, Copy)]
+struct Test {
+    tokens: usize,
+    depth: usize,
+    prefill: bool,
+}
+
+impl Test {
+    /// llama-bench's name: `pp128`, `tg64 @ d512`.
+    fn name(&self) -> String {
+        let kind = if self.prefill { "pp" } else { "tg" };
+        match self.depth {
+            0 => format!("{kind}{}", self.tokens),
+            depth => format!("{kind}{} @ d{depth}", self.tokens),
+        }
+    }
+}
+
+/// The tests of one thread count, in llama-bench's order: per depth, every prefill, then every
+/// decode; lengths of 0 are skipped.
+fn tests(prompts: &[usize], gens: &[usize], depths: &[usize]) -> Result<Vec<Test>> {
+    let tests: Vec<Test> = depths
+        .iter()
+        .flat_map(|&depth| {
+            let prefills = prompts.iter().map(move |&tokens| (tokens, depth, true));
+            let decodes = gens.iter().map(move |&tokens| (tokens, depth, false));
+            prefills.chain(decodes)
+        })
+        .filter(|&(tokens, ..)| tokens > 0)
+        .map(|(tokens, depth, prefill)| Test {
+            tokens,
+            depth,
+            prefill,
+        })
+        .collect();
+    if tests.is_empty() {
+        bail!("nothing to run: every -p and -n is 0");
+    }
+    Ok(tests)
 }
 
 /// Seconds for one prefill of `tokens` tokens after `depth` cached positions.

@@ -110,11 +110,41 @@ fn bench_at_a_depth_names_the_rows_and_reads_the_longer_cache() {
 }
 
 #[test]
+fn lists_of_lengths_and_depths_run_every_combination_in_llama_bench_order() {
+    let args = [
+        "-p", "4,8", "-n", "0,2", "-d", "0,10", "-t", "1", "-r", "1", "--json",
+    ];
+    let out = run_example("bench", &args, "");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<(&str, u64)> = rows
+        .iter()
+        .map(|r| (r["test"].as_str().unwrap(), r["n_depth"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("pp4", 0),
+            ("pp8", 0),
+            ("tg2", 0),
+            ("pp4 @ d10", 10),
+            ("pp8 @ d10", 10),
+            ("tg2 @ d10", 10)
+        ]
+    );
+}
+
+#[test]
 fn bad_bench_flags_are_one_line_errors() {
     for (args, needle) in [
         (vec!["-t", "0"], "--threads"),
         (vec!["-r", "0"], "--repetitions"),
         (vec!["-p", "0", "-n", "0"], "nothing to run"),
+        (vec!["-p", "0,0", "-n", "0"], "nothing to run"),
+        (vec!["-p", "4,x"], "invalid value 'x'"),
+        // The longest of a list is what must fit.
+        (vec!["-p", "4,200", "-n", "0"], "pp200 needs 200 positions"),
         (vec!["-m", "/no/model"], "/no/model"),
         // The demo model's context is 128 positions.
         (vec!["-d", "125", "-p", "4"], "max_position_embeddings"),
