@@ -1,16 +1,17 @@
 //! Perplexity of a text file, like llama.cpp's `llama-perplexity`.
 //!
 //! ```text
-//! cargo run --release --example perplexity -- -m DIR -f TEXT [--ctx 512] [--stride N] [--json]
+//! cargo run --release --example perplexity -- -m DIR -f TEXT [--ctx 512] [--stride N] [--chunks N] [--json]
 //! ```
 //! Without `--stride` the text is cut into chunks of `--ctx` tokens and the second half of each
 //! is scored (llama-perplexity's rule); with it, windows slide by `N` tokens and every token
-//! after the first is scored once. The result (PPL ± its standard error) goes to stdout; with
+//! after the first is scored once. `--chunks N` stops after the first N windows (llama-perplexity's
+//! quick estimate). The result (PPL ± its standard error) goes to stdout; with
 //! `--json`, an object with the per-window NLL that evaluation scripts read.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use bitnet_model::{perplexity, token_nll, windows};
 use burn::tensor::Device;
 use clap::Parser;
@@ -34,6 +35,9 @@ struct Args {
     /// Slide windows by this many tokens and score each token once.
     #[arg(long)]
     stride: Option<usize>,
+    /// Score only the first N windows (llama-perplexity's `--chunks`; default: all).
+    #[arg(long)]
+    chunks: Option<usize>,
     /// Print a JSON object instead of the summary line.
     #[arg(long)]
     json: bool,
@@ -49,6 +53,9 @@ fn main() {
 
 /// The example on `device`, on a thread of the `-t` pool.
 fn run(args: Args, device: Device) -> Result<()> {
+    if args.chunks == Some(0) {
+        bail!("--chunks must be at least 1");
+    }
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     let model_dir = args.model.path();
@@ -59,8 +66,12 @@ fn run(args: Args, device: Device) -> Result<()> {
         .ctx
         .unwrap_or(model.config.max_position_embeddings.min(512));
     common::warn_past_training_context(&model, ctx, "--ctx");
-    let windows = windows(tokens.len(), ctx, args.stride)
+    let mut windows = windows(tokens.len(), ctx, args.stride)
         .with_context(|| format!("{} with --ctx {ctx}", args.file.display()))?;
+    let all_windows = windows.len();
+    if let Some(chunks) = args.chunks {
+        windows.truncate(chunks);
+    }
 
     let bar = ProgressBar::new(windows.len() as u64);
     bar.set_style(
@@ -93,6 +104,8 @@ fn run(args: Args, device: Device) -> Result<()> {
             "file": args.file,
             "ctx": ctx,
             "stride": args.stride,
+            "chunks": args.chunks,
+            "windows_in_text": all_windows,
             "tokens": tokens.len(),
             "scored": all.len(),
             "nll_mean": mean,
@@ -102,12 +115,18 @@ fn run(args: Args, device: Device) -> Result<()> {
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
+        let of_all = if windows.len() < all_windows {
+            format!(" (the first of {all_windows})")
+        } else {
+            String::new()
+        };
         println!(
             "perplexity: {ppl:.4} ± {se:.4} (mean NLL {mean:.4} nats/token) over {} scored of {} \
-             tokens in {} windows of {ctx}",
+             tokens in {} window{}{of_all} of {ctx}",
             all.len(),
             tokens.len(),
-            windows.len()
+            windows.len(),
+            if windows.len() == 1 { "" } else { "s" },
         );
     }
     Ok(())

@@ -48,6 +48,16 @@ fn perplexity_reports_json_for_both_window_rules() {
         "every byte after the first, once"
     );
 
+    // `--chunks 1`: the first window alone, as the first entry of the full run.
+    let (ok, out, log) = run(&["-f", file, "--ctx", "64", "--chunks", "1", "--json"]);
+    assert!(ok, "{log}");
+    let first: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(first["windows"].as_array().unwrap()[..], windows[..1]);
+    assert_eq!(
+        (&first["scored"], &first["chunks"]),
+        (&32.into(), &1.into())
+    );
+
     let (ok, out, log) = run(&["-f", file, "--ctx", "64"]);
     assert!(ok && out.starts_with("perplexity: "), "{out}{log}");
     assert!(!log.contains("warning:"), "{log}");
@@ -75,4 +85,6 @@ fn bad_perplexity_inputs_are_one_line_errors() {
     assert!(!ok && log.contains("fewer than one window of 64"), "{log}");
     let (ok, _, log) = run(&["-f", file, "--ctx", "4", "--stride", "9"]);
     assert!(!ok && log.contains("stride"), "{log}");
+    let (ok, _, log) = run(&["-f", file, "--ctx", "4", "--chunks", "0"]);
+    assert!(!ok && log.contains("--chunks"), "{log}");
 }
