@@ -270,3 +270,202 @@ fn halvings(lanes: [__m512; 16]) -> __m512 {
         _mm512_shuffle_ps::<0b11_01_11_01>(a, b),
     )
 }
+
+/// Positions of a [`block_scores`] pass: four registers per query row.
+const SCORE_PASS: usize = 64;
+
+/// `scores[r][p] = (sum_c queries[r][c] * kt[c][p]) * scale` for the `R` rows of `queries` and
+/// `p < end` (a multiple of sixteen; `kt` is `[dim, stride]`), each sum from +0.0 in order of
+/// `c`, multiplied then added as the portable passes do, so the bits are theirs. Sixty-four
+/// positions per pass while they last, then sixteen; the weights are broadcast from memory.
+///
+/// The portable passes ran at about twice the cycles per column: their weights came through
+/// bounds checks and register broadcasts, and the scaled sums were stored one at a time.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `scores` has `R` rows of at least `end` values, and `kt` holds
+/// `end` values of every column.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn block_scores<const R: usize>(
+    queries: &[f32],
+    kt: &[f32],
+    end: usize,
+    scale: f32,
+    scores: &mut [Vec<f32>],
+) {
+    let dim = queries.len() / R;
+    let stride = kt.len() / dim;
+    assert!(
+        end.is_multiple_of(16) && end <= stride && scores.len() == R,
+        "whole groups of sixteen positions inside the columns, one row of scores per query"
+    );
+    assert!(
+        scores.iter().all(|row| row.len() >= end),
+        "rows hold the positions"
+    );
+    let wide = end / SCORE_PASS * SCORE_PASS;
+    for p0 in (0..wide).step_by(SCORE_PASS) {
+        // SAFETY: p0 + 64 <= end; as this function's.
+        unsafe { score_pass::<R, 4>(queries, kt, p0, scale, scores) };
+    }
+    for p0 in (wide..end).step_by(16) {
+        // SAFETY: p0 + 16 <= end; as this function's.
+        unsafe { score_pass::<R, 1>(queries, kt, p0, scale, scores) };
+    }
+}
+
+/// [`block_scores`] for positions `p0..p0 + 16 V`.
+///
+/// # Safety
+/// As [`block_scores`]'s, with `p0 + 16 V <= end`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn score_pass<const R: usize, const V: usize>(
+    queries: &[f32],
+    kt: &[f32],
+    p0: usize,
+    scale: f32,
+    scores: &mut [Vec<f32>],
+) {
+    let dim = queries.len() / R;
+    let stride = kt.len() / dim;
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    for c in 0..dim {
+        // A loop rather than `array::from_fn`, whose closure may be compiled as a call.
+        let mut k = [_mm512_setzero_ps(); V];
+        for (j, k) in k.iter_mut().enumerate() {
+            // SAFETY: column c holds `stride >= p0 + 16 V` values.
+            *k = unsafe { _mm512_loadu_ps(kt.as_ptr().add(c * stride + p0 + 16 * j)) };
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: row r < R of `queries` has `dim > c` values.
+            let weight = _mm512_set1_ps(unsafe { *queries.get_unchecked(r * dim + c) });
+            for (acc, &k) in acc.iter_mut().zip(&k) {
+                *acc = _mm512_add_ps(*acc, _mm512_mul_ps(weight, k));
+            }
+        }
+    }
+    let scale = _mm512_set1_ps(scale);
+    // Indexed by a constant range: zipped with the slice of rows (of a length known only at
+    // run time) the accumulators lived on the stack, stored there at every column.
+    for r in 0..R {
+        let row = &mut scores[r];
+        for (j, &sum) in acc[r].iter().enumerate() {
+            // SAFETY: the row holds `end >= p0 + 16 V` values.
+            unsafe {
+                _mm512_storeu_ps(row.as_mut_ptr().add(p0 + 16 * j), _mm512_mul_ps(sum, scale))
+            };
+        }
+    }
+}
+
+/// Columns a [`block_weighted_sum`] pass keeps in registers per query row: five registers,
+/// twenty accumulators for four rows. With six (a 700M head in one pass) the accumulators,
+/// the position's values and the weight took all 32 registers, and the compiler stored every
+/// accumulator at every position.
+const WEIGHTED_PASS: usize = 80;
+
+/// `out[r][c] = sum_p probabilities[r][p] * values[p][c]` for the `R` rows, each over its own
+/// positions, each sum from +0.0 in order of `p`, multiplied then added: the portable
+/// weighted sum's bits (whose order does not depend on how its passes split the columns). The
+/// positions every row sees go through all rows together; the later ones per row.
+///
+/// # Safety
+/// The CPU supports AVX-512F, BW and VL; `values` holds every position any row sees, `dim`
+/// (`out[r].len()`) values each.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn block_weighted_sum<const R: usize>(
+    probabilities: [&[f32]; R],
+    values: &[f32],
+    out: &mut [&mut [f32]],
+) {
+    let dim = out[0].len();
+    let most = probabilities.iter().map(|p| p.len()).max().unwrap_or(0);
+    assert!(
+        out.len() == R && out.iter().all(|row| row.len() == dim) && values.len() >= most * dim,
+        "one output row per query row, and the values of every position seen"
+    );
+    for column in (0..dim).step_by(WEIGHTED_PASS) {
+        let width = (dim - column).min(WEIGHTED_PASS);
+        // SAFETY: as this function's; `column + width <= dim`.
+        unsafe {
+            by_count!(
+                width.div_ceil(16),
+                [1, 2, 3, 4, 5],
+                |V| weighted_block_pass::<R, V>(probabilities, values, column, width, out),
+                unreachable!("a pass is at most {} registers", WEIGHTED_PASS / 16)
+            )
+        }
+    }
+}
+
+/// [`block_weighted_sum`] for columns `column..column + width` in `V` registers per row
+/// (`width` at most `16 V`, the last register masked).
+///
+/// # Safety
+/// As [`block_weighted_sum`]'s, with `column + width <= dim`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn weighted_block_pass<const R: usize, const V: usize>(
+    probabilities: [&[f32]; R],
+    values: &[f32],
+    column: usize,
+    width: usize,
+    out: &mut [&mut [f32]],
+) {
+    let dim = out[0].len();
+    let masks: [__mmask16; V] = std::array::from_fn(|j| first_lanes(width.saturating_sub(16 * j)));
+    let common = probabilities.iter().map(|p| p.len()).min().unwrap_or(0);
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    for p in 0..common {
+        // SAFETY: position p is seen by every row, so `values` holds it.
+        let value = unsafe { position_values(values, p * dim + column, &masks) };
+        for (acc, probabilities) in acc.iter_mut().zip(&probabilities) {
+            // SAFETY: p < common, the shortest row's length.
+            add_weighted(acc, unsafe { *probabilities.get_unchecked(p) }, &value);
+        }
+    }
+    // Indexed by a constant range, as in `score_pass`, so the accumulators stay in registers.
+    for r in 0..R {
+        let acc = &mut acc[r];
+        for (p, &probability) in probabilities[r].iter().enumerate().skip(common) {
+            // SAFETY: this row sees position p, so `values` holds it.
+            let value = unsafe { position_values(values, p * dim + column, &masks) };
+            add_weighted(acc, probability, &value);
+        }
+        let out = &mut out[r];
+        for (j, &sum) in acc.iter().enumerate() {
+            // SAFETY: the lanes of `masks[j]` are columns below `column + width <= dim`.
+            unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(column + 16 * j), masks[j], sum) };
+        }
+    }
+}
+
+/// The values at `at` in the lanes of `masks` (sixteen per register), +0.0 in the others.
+///
+/// # Safety
+/// The CPU supports AVX-512F, BW and VL; the masked lanes from `at` are inside `values`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn position_values<const V: usize>(
+    values: &[f32],
+    at: usize,
+    masks: &[__mmask16; V],
+) -> [__m512; V] {
+    let mut loaded = [_mm512_setzero_ps(); V];
+    for (j, (loaded, &mask)) in loaded.iter_mut().zip(masks).enumerate() {
+        // SAFETY: as this function's.
+        *loaded = unsafe { load(values.as_ptr().add(at + 16 * j), mask) };
+    }
+    loaded
+}
+
+/// `acc += probability * value` per lane, multiplied then added as the portable loop does.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn add_weighted<const V: usize>(acc: &mut [__m512; V], probability: f32, value: &[__m512; V]) {
+    let weight = _mm512_set1_ps(probability);
+    for (acc, &v) in acc.iter_mut().zip(value) {
+        *acc = _mm512_add_ps(*acc, _mm512_mul_ps(weight, v));
+    }
+}

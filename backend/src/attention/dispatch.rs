@@ -223,6 +223,48 @@ pub(super) fn row_weighted_sum<E: CacheValue>(
     }
 }
 
+/// `scores[r][p]` for `p < end` of a block of prefill rows against transposed keys, as
+/// [`super::column_scores`] sums them: on the AVX-512 path in registers. Returns false,
+/// writing nothing, on the other paths.
+#[inline(always)]
+pub(super) fn block_scores<const R: usize>(
+    isa: Isa,
+    queries: &[f32],
+    kt: &[f32],
+    end: usize,
+    scale: f32,
+    scores: &mut [Vec<f32>],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && isa.is_supported() {
+        // SAFETY: the CPU was just checked to support AVX-512.
+        unsafe { super::avx512::block_scores::<R>(queries, kt, end, scale, scores) };
+        return true;
+    }
+    let _ = (isa, queries, kt, end, scale, scores);
+    false
+}
+
+/// `out[r]`, the weighted sum of a block of prefill rows, each over its own positions, as
+/// [`weighted_sum`] adds it: on the AVX-512 path in registers. Returns false, writing nothing,
+/// on the other paths.
+#[inline(always)]
+pub(super) fn block_weighted_sum<const R: usize>(
+    isa: Isa,
+    probabilities: [&[f32]; R],
+    values: &[f32],
+    out: &mut [&mut [f32]],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && isa.is_supported() {
+        // SAFETY: the CPU was just checked to support AVX-512.
+        unsafe { super::avx512::block_weighted_sum::<R>(probabilities, values, out) };
+        return true;
+    }
+    let _ = (isa, probabilities, values, out);
+    false
+}
+
 /// `kt[c * stride + p] = keys[p * dim + c]`: the keys of one head as columns, zero-padded to
 /// a `stride` that is a multiple of [`PASS`].
 #[inline(always)]

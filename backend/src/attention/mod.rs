@@ -14,7 +14,7 @@ use crate::glu::exp_non_positive;
 use crate::kernels::Isa;
 use crate::kv::CacheValue;
 use crate::vectorize::{FloatLoop, lane_max, lane_sum, vectorized_on};
-use dispatch::{row_scores, row_weighted_sum, transpose};
+use dispatch::{block_scores, block_weighted_sum, row_scores, row_weighted_sum, transpose};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -323,12 +323,21 @@ impl<E: CacheValue> Attention<'_, E> {
             transpose(self.isa, keys, dim, kt);
             *kt_head = head;
         }
-        column_scores::<R>(queries, kt, most, self.scale, scores);
+        let end = most.next_multiple_of(TAIL_PASS);
+        column_scores::<R>(self.isa, queries, kt, end, self.scale, scores);
+        // The positions past a row's own get -inf, so exp gives them 0 and the row's max and
+        // sum are those of its own positions (lane_sum's tail adds into the lanes as the
+        // padding's +0.0 does): each softmax runs over whole vectors, with no scalar tail.
         for (scores, &seen) in scores.iter_mut().zip(&seen) {
-            scores.truncate(seen);
+            let scores = &mut scores[..end];
+            scores[seen..].fill(f32::NEG_INFINITY);
             softmax(scores);
         }
-        weighted_sum::<R>(scores, &values[..most * dim], out, None);
+        let probabilities: [&[f32]; R] = std::array::from_fn(|r| &scores[r][..seen[r]]);
+        let values = &values[..most * dim];
+        if !block_weighted_sum::<R>(self.isa, probabilities, values, out) {
+            weighted_sum::<R>(&probabilities, values, out, None);
+        }
     }
 }
 
@@ -360,21 +369,26 @@ const TAIL_PASS: usize = 16;
 const BLOCK_ROWS: usize = 4;
 
 /// `scores[r][p] = (sum_c queries[r][c] * kt[c][p]) * scale` for the `R` rows of `queries` and
-/// `p < most` (`kt` is `[dim, stride]`, `stride` a multiple of [`PASS`]), each sum in order of
-/// `c`, sixty-four positions per pass, then sixteen; scaled as each pass stores its sums rather
-/// than in a pass of its own over the scores.
+/// `p < end` (a multiple of [`TAIL_PASS`]; `kt` is `[dim, stride]`, `stride` a multiple of
+/// [`PASS`]), each sum in order of `c`: the path's kernel ([`block_scores`]), or sixty-four
+/// positions per pass, then sixteen, scaled as each pass stores its sums. The rows' buffers
+/// only grow: every position below `end` is written.
 #[inline(always)]
 fn column_scores<const R: usize>(
+    isa: Isa,
     queries: &[f32],
     kt: &[f32],
-    most: usize,
+    end: usize,
     scale: f32,
     scores: &mut [Vec<f32>],
 ) {
-    let end = most.next_multiple_of(TAIL_PASS);
     for scores in scores.iter_mut() {
-        scores.clear();
-        scores.resize(end, 0.0);
+        if scores.len() < end {
+            scores.resize(end, 0.0);
+        }
+    }
+    if block_scores::<R>(isa, queries, kt, end, scale, scores) {
+        return;
     }
     let wide = score_passes::<PASS, R>(queries, kt, 0..end, scale, scores);
     score_passes::<TAIL_PASS, R>(queries, kt, wide..end, scale, scores);

@@ -124,6 +124,11 @@ fn column_scores_on_every_path() {
     check(17, 96, 17);
     check(8, 128, 2);
     check(12, 8, 4);
+    // The AVX-512 blocks: the 3B head (the weighted sum's last register masked), two passes
+    // of the weighted sum (144 columns), and 80 positions (a pass of 64 scores and one of 16).
+    check(8, 100, 8);
+    check(8, 144, 4);
+    check(16, 64, 16);
 }
 
 #[test]
