@@ -9,8 +9,9 @@
 //! As in llama-bench, `-p`, `-n`, `-d` and `-t` each take a comma-separated list
 //! (`-p 128,512 -d 0,512`): every prompt and generation length runs at every depth, per thread
 //! count.
-//! The markdown table (or, with `--json`, an array of
-//! `{"test", "threads", "mean_tps", "sd_tps", "reps", ...}`) goes to stdout. Decode rows also
+//! The markdown table (or, with `--json` or `-o json`, an array of
+//! `{"test", "threads", "mean_tps", "sd_tps", "reps", ...}`; with `-o jsonl` the same objects one
+//! per line) goes to stdout. Decode rows also
 //! give the bytes a step reads (`read_bytes_per_token`: packed weights, norms, the LM head in
 //! its decode format, the KV cache) and the bandwidth that draws (`read_gbps`, GB/s).
 //! `BITNET_KERNEL=base3` decodes from a 1.6-bit copy of the weights (`kernel` column).
@@ -68,8 +69,12 @@ struct Args {
     /// Timed repetitions of each test (after one warm-up run).
     #[arg(short, long, default_value_t = 5)]
     repetitions: usize,
-    /// Print a JSON array instead of the markdown table.
-    #[arg(long)]
+    /// Output format, as llama-bench's `-o`: md (the markdown table), json (one array) or jsonl
+    /// (one object per line).
+    #[arg(short, long, value_enum, default_value = "md")]
+    output: Output,
+    /// Print a JSON array instead of the markdown table (`-o json`).
+    #[arg(long, conflicts_with = "output")]
     json: bool,
     /// Also measure the machine's read bandwidth per thread count (a sum over 1 GiB, like
     /// STREAM's read test): the limit the decode rows' read GB/s compare to, in the same run.
@@ -171,12 +176,24 @@ fn run(args: Args) -> Result<()> {
     for row in &mut rows {
         row["peak_rss_bytes"] = json!(rss);
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        print_table(&rows, model_bytes, rss);
+    match if args.json { Output::Json } else { args.output } {
+        Output::Md => print_table(&rows, model_bytes, rss),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Jsonl => {
+            for row in &rows {
+                println!("{}", serde_json::to_string(row)?);
+            }
+        }
     }
     Ok(())
+}
+
+/// How the results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Md,
+    Json,
+    Jsonl,
 }
 
 /// One row of the table: a prefill (`ppN`) or decode (`tgN`) of `tokens` tokens after `depth`

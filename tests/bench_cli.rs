@@ -110,6 +110,35 @@ fn bench_at_a_depth_names_the_rows_and_reads_the_longer_cache() {
 }
 
 #[test]
+fn jsonl_prints_one_object_per_row_as_json_does() {
+    let run = |format: &str| {
+        let args = ["-p", "4", "-n", "2", "-t", "1", "-r", "1", "-o", format];
+        let out = run_example("bench", &args, "");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let lines: Vec<serde_json::Value> = run("jsonl")
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let array: Vec<serde_json::Value> = serde_json::from_str(&run("json")).unwrap();
+    let keys = |rows: &[serde_json::Value]| -> Vec<(String, u64)> {
+        rows.iter()
+            .map(|r| {
+                (
+                    r["test"].as_str().unwrap().into(),
+                    r["threads"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(keys(&lines), [("pp4".into(), 1), ("tg2".into(), 1)]);
+    assert_eq!(keys(&lines), keys(&array));
+    assert!(run("md").starts_with("| model |"));
+}
+
+#[test]
 fn lists_of_lengths_and_depths_run_every_combination_in_llama_bench_order() {
     let args = [
         "-p", "4,8", "-n", "0,2", "-d", "0,10", "-t", "1", "-r", "1", "--json",
@@ -143,6 +172,8 @@ fn bad_bench_flags_are_one_line_errors() {
         (vec!["-p", "0", "-n", "0"], "nothing to run"),
         (vec!["-p", "0,0", "-n", "0"], "nothing to run"),
         (vec!["-p", "4,x"], "invalid value 'x'"),
+        (vec!["-o", "csv"], "invalid value 'csv'"),
+        (vec!["-o", "jsonl", "--json"], "cannot be used with"),
         // The longest of a list is what must fit.
         (vec!["-p", "4,200", "-n", "0"], "pp200 needs 200 positions"),
         (vec!["-m", "/no/model"], "/no/model"),
