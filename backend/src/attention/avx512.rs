@@ -279,8 +279,9 @@ const SCORE_PASS: usize = 64;
 /// `c`, multiplied then added as the portable passes do, so the bits are theirs. Sixty-four
 /// positions per pass while they last, then sixteen; the weights are broadcast from memory.
 ///
-/// The portable passes ran at about twice the cycles per column: their weights came through
-/// bounds checks and register broadcasts, and the scaled sums were stored one at a time.
+/// The portable passes took about twice the cycles per column: the compiler kept their
+/// accumulators on the stack and stored each one at every column (see the end of
+/// `score_pass`), and their weights went through bounds checks and register broadcasts.
 ///
 /// # Safety
 /// The CPU supports AVX-512F; `scores` has `R` rows of at least `end` values, and `kt` holds
