@@ -11,7 +11,7 @@
 //! count.
 //! The markdown table (or, with `--json` or `-o json`, an array of
 //! `{"test", "threads", "mean_tps", "sd_tps", "reps", ...}`; with `-o jsonl` the same objects one
-//! per line) goes to stdout. Decode rows also
+//! per line, with `-o csv` one CSV row each under a header of their keys) goes to stdout. Decode rows also
 //! give the bytes a step reads (`read_bytes_per_token`: packed weights, norms, the LM head in
 //! its decode format, the KV cache) and the bandwidth that draws (`read_gbps`, GB/s).
 //! `BITNET_KERNEL=base3` decodes from a 1.6-bit copy of the weights (`kernel` column).
@@ -69,8 +69,8 @@ struct Args {
     /// Timed repetitions of each test (after one warm-up run).
     #[arg(short, long, default_value_t = 5)]
     repetitions: usize,
-    /// Output format, as llama-bench's `-o`: md (the markdown table), json (one array) or jsonl
-    /// (one object per line).
+    /// Output format, as llama-bench's `-o`: md (the markdown table), json (one array), jsonl
+    /// (one object per line) or csv (a header of the objects' keys, one line per row).
     #[arg(short, long, value_enum, default_value = "md")]
     output: Output,
     /// Print a JSON array instead of the markdown table (`-o json`).
@@ -184,6 +184,7 @@ fn run(args: Args) -> Result<()> {
                 println!("{}", serde_json::to_string(row)?);
             }
         }
+        Output::Csv => print_csv(&rows)?,
     }
     Ok(())
 }
@@ -194,6 +195,7 @@ enum Output {
     Md,
     Json,
     Jsonl,
+    Csv,
 }
 
 /// One row of the table: a prefill (`ppN`) or decode (`tgN`) of `tokens` tokens after `depth`
@@ -352,6 +354,29 @@ fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// The rows as CSV, as llama-bench's `-o csv`: a header of every key (sorted by name), then
+/// one line per row, empty where a row has no such key (prefill rows have no bytes read).
+fn print_csv(rows: &[Value]) -> Result<()> {
+    let mut columns: Vec<&str> = rows
+        .iter()
+        .filter_map(Value::as_object)
+        .flat_map(|row| row.keys().map(String::as_str))
+        .collect();
+    columns.sort_unstable();
+    columns.dedup();
+    let mut out = csv::Writer::from_writer(std::io::stdout().lock());
+    out.write_record(&columns)?;
+    for row in rows {
+        out.write_record(columns.iter().map(|&key| match &row[key] {
+            Value::Null => String::new(),
+            Value::String(text) => text.clone(),
+            value => value.to_string(),
+        }))?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn print_table(rows: &[Value], model_bytes: u64, rss: Option<u64>) {

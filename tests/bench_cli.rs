@@ -110,7 +110,7 @@ fn bench_at_a_depth_names_the_rows_and_reads_the_longer_cache() {
 }
 
 #[test]
-fn jsonl_prints_one_object_per_row_as_json_does() {
+fn jsonl_and_csv_print_the_rows_json_does() {
     let run = |format: &str| {
         let args = ["-p", "4", "-n", "2", "-t", "1", "-r", "1", "-o", format];
         let out = run_example("bench", &args, "");
@@ -136,6 +136,35 @@ fn jsonl_prints_one_object_per_row_as_json_does() {
     assert_eq!(keys(&lines), [("pp4".into(), 1), ("tg2".into(), 1)]);
     assert_eq!(keys(&lines), keys(&array));
     assert!(run("md").starts_with("| model |"));
+
+    // CSV: the same rows and keys; a prefill row's decode-only cells are empty.
+    let csv = run("csv");
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let header: Vec<String> = reader.headers().unwrap().iter().map(Into::into).collect();
+    let mut want: Vec<&String> = array
+        .iter()
+        .flat_map(|r| r.as_object().unwrap().keys())
+        .collect();
+    want.sort();
+    want.dedup();
+    assert_eq!(header.iter().collect::<Vec<_>>(), want, "{csv}");
+    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let cell = |row: usize, key: &str| {
+        let column = header.iter().position(|h| h == key).unwrap();
+        records[row][column].to_string()
+    };
+    assert_eq!(records.len(), 2, "{csv}");
+    assert_eq!(
+        (cell(0, "test"), cell(1, "test")),
+        ("pp4".into(), "tg2".into())
+    );
+    assert_eq!(cell(0, "threads"), "1");
+    assert!(cell(1, "mean_tps").parse::<f64>().unwrap() > 0.0, "{csv}");
+    assert_eq!(cell(0, "read_bytes_per_token"), "", "{csv}");
+    assert!(
+        cell(1, "read_bytes_per_token").parse::<u64>().unwrap() > 100_000,
+        "{csv}"
+    );
 }
 
 #[test]
@@ -172,7 +201,7 @@ fn bad_bench_flags_are_one_line_errors() {
         (vec!["-p", "0", "-n", "0"], "nothing to run"),
         (vec!["-p", "0,0", "-n", "0"], "nothing to run"),
         (vec!["-p", "4,x"], "invalid value 'x'"),
-        (vec!["-o", "csv"], "invalid value 'csv'"),
+        (vec!["-o", "sql"], "invalid value 'sql'"),
         (vec!["-o", "jsonl", "--json"], "cannot be used with"),
         // The longest of a list is what must fit.
         (vec!["-p", "4,200", "-n", "0"], "pp200 needs 200 positions"),
