@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use bitnet_backend::KernelChoice;
+use bitnet_backend::{Isa, KernelChoice};
 use bitnet_model::{BitNetModel, KvCache};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Parser;
@@ -107,6 +107,9 @@ fn run(args: Args) -> Result<()> {
     let model_bytes = model_bytes(&dir)?;
     // The kernel family the layers were packed for (`BITNET_KERNEL`, checked by the load).
     let kernel = KernelChoice::selected()?.to_string();
+    // The instruction set the kernels dispatch to (`BITNET_ISA`), so that rows of two paths or
+    // machines stay apart in a script's comparison.
+    let isa = Isa::selected()?.to_string();
     // A cache beyond the trained context would be allocated whole (and, far enough, fail).
     let context = model.config.max_position_embeddings;
     if let Some(test) = tests.iter().find(|t| t.depth + t.tokens > context) {
@@ -149,6 +152,7 @@ fn run(args: Args) -> Result<()> {
                 "params": model.config.num_parameters(),
                 "head": model.head_format(),
                 "kernel": kernel,
+                "isa": isa,
                 "cache_type": model.cache_type.to_string(),
                 "backend": format!("{:?}", args.device).to_lowercase(),
                 "test": test.name(),
@@ -173,8 +177,10 @@ fn run(args: Args) -> Result<()> {
     if args.mem_read {
         rows.extend(memory_read_rows(&args.threads, args.repetitions)?);
     }
+    let cpu = cpu_info();
     for row in &mut rows {
         row["peak_rss_bytes"] = json!(rss);
+        row["cpu_info"] = json!(cpu);
     }
     match if args.json { Output::Json } else { args.output } {
         Output::Md => print_table(&rows, model_bytes, rss),
@@ -346,6 +352,13 @@ fn model_bytes(path: &Path) -> Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// The CPU's model name (Linux, as llama-bench's `cpu_info`).
+fn cpu_info() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_string())
 }
 
 /// `VmHWM` of this process (Linux), in bytes.

@@ -2,7 +2,7 @@
 
 mod support;
 
-use support::run_example;
+use support::{run_example, run_example_with_env};
 
 #[test]
 fn bench_reports_prefill_and_decode_per_thread_count() {
@@ -191,6 +191,28 @@ fn lists_of_lengths_and_depths_run_every_combination_in_llama_bench_order() {
             ("tg2 @ d10", 10)
         ]
     );
+}
+
+#[test]
+fn rows_name_the_instruction_set_and_the_cpu() {
+    let row = |env: &[(&str, &str)]| -> serde_json::Value {
+        let args = ["-p", "4", "-n", "0", "-t", "1", "-r", "1", "--json"];
+        let out = run_example_with_env("bench", &args, "", env);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+            .unwrap()
+            .remove(0)
+    };
+    let best = row(&[]);
+    assert!(
+        ["scalar", "avx2", "avx512", "neon"].contains(&best["isa"].as_str().unwrap()),
+        "{best}"
+    );
+    assert_eq!(row(&[("BITNET_ISA", "scalar")])["isa"], "scalar");
+    if cfg!(target_os = "linux") {
+        assert!(!best["cpu_info"].as_str().unwrap().is_empty(), "{best}");
+    }
 }
 
 #[test]
