@@ -133,16 +133,24 @@ fn run(args: Args) -> Result<()> {
                 depth,
                 prefill,
             } = *test;
-            let run_once = || {
-                if prefill {
-                    time_prefill(&model, tokens, depth, &device)
-                } else {
-                    time_decode(&model, tokens, depth, &device)
-                }
+            // One cache per test, emptied before each run (its buffers kept), as llama-bench
+            // keeps one context: the warm-up faults the cache's pages in, and the timed runs
+            // do not (a fresh cache per run took a page fault per 4 KiB it first wrote, ~70
+            // per 700M decode step).
+            let mut cache = model.new_cache(1, depth + tokens)?;
+            let mut run_once = || {
+                pool.install(|| {
+                    fill_to_depth(&model, &mut cache, depth, &device)?;
+                    if prefill {
+                        time_prefill(&model, &mut cache, tokens, depth, &device)
+                    } else {
+                        time_decode(&model, &mut cache, tokens, depth, &device)
+                    }
+                })
             };
-            pool.install(run_once)?;
+            run_once()?;
             let rates = (0..args.repetitions)
-                .map(|_| pool.install(run_once).map(|secs| tokens as f64 / secs))
+                .map(|_| run_once().map(|secs| tokens as f64 / secs))
                 .collect::<Result<Vec<_>>>()?;
             let (mean, sd) = mean_sd(&rates);
             let mut row = json!({
@@ -247,41 +255,51 @@ fn tests(prompts: &[usize], gens: &[usize], depths: &[usize]) -> Result<Vec<Test
     Ok(tests)
 }
 
-/// Seconds for one prefill of `tokens` tokens after `depth` cached positions.
-fn time_prefill(model: &BitNetModel, tokens: usize, depth: usize, device: &Device) -> Result<f64> {
-    let mut cache = cache_at_depth(model, depth, tokens, device)?;
+/// Seconds for one prefill of `tokens` tokens into `cache`, filled to `depth` positions.
+fn time_prefill(
+    model: &BitNetModel,
+    cache: &mut KvCache,
+    tokens: usize,
+    depth: usize,
+    device: &Device,
+) -> Result<f64> {
     let input = prompt(model, depth, tokens, device);
     let start = Instant::now();
-    model.forward_last(input, &mut cache)?.into_data();
+    model.forward_last(input, cache)?.into_data();
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// Seconds for `tokens` one-token decode steps after `depth` cached positions.
-fn time_decode(model: &BitNetModel, tokens: usize, depth: usize, device: &Device) -> Result<f64> {
-    let mut cache = cache_at_depth(model, depth, tokens, device)?;
+/// Seconds for `tokens` one-token decode steps into `cache`, filled to `depth` positions.
+fn time_decode(
+    model: &BitNetModel,
+    cache: &mut KvCache,
+    tokens: usize,
+    depth: usize,
+    device: &Device,
+) -> Result<f64> {
     let start = Instant::now();
     for step in depth..depth + tokens {
         model
-            .forward_last(prompt(model, step, 1, device), &mut cache)?
+            .forward_last(prompt(model, step, 1, device), cache)?
             .into_data();
     }
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// A cache with room for `tokens` more positions after `depth` filled ones (untimed).
-fn cache_at_depth(
+/// Empties `cache` and fills its first `depth` positions (untimed).
+fn fill_to_depth(
     model: &BitNetModel,
+    cache: &mut KvCache,
     depth: usize,
-    tokens: usize,
     device: &Device,
-) -> Result<KvCache> {
-    let mut cache = model.new_cache(1, depth + tokens)?;
+) -> Result<()> {
+    cache.clear();
     if depth > 0 {
         model
-            .forward_last(prompt(model, 0, depth, device), &mut cache)?
+            .forward_last(prompt(model, 0, depth, device), cache)?
             .into_data();
     }
-    Ok(cache)
+    Ok(())
 }
 
 /// `len` token ids of a fixed pseudo-random text, from position `first` of it: `[1, len]`.
