@@ -11,9 +11,9 @@
 //! count.
 //! The markdown table (or, with `--json` or `-o json`, an array of
 //! `{"test", "threads", "mean_tps", "sd_tps", "reps", ...}`; with `-o jsonl` the same objects one
-//! per line, with `-o csv` one CSV row each under a header of their keys) goes to stdout. Decode rows also
-//! give the bytes a step reads (`read_bytes_per_token`: packed weights, norms, the LM head in
-//! its decode format, the KV cache) and the bandwidth that draws (`read_gbps`, GB/s).
+//! per line, with `-o csv` one CSV row each under a header of their keys) goes to stdout. Decode
+//! rows also give the bytes a step reads (`read_bytes_per_token`: packed weights, norms, the LM
+//! head in its decode format, the KV cache) and the bandwidth that draws (`read_gbps`, GB/s).
 //! `BITNET_KERNEL=base3` decodes from a 1.6-bit copy of the weights (`kernel` column).
 //! `--cache-type f16` keeps the KV cache in f16 (`cache` column), as llama.cpp does by default.
 
@@ -135,8 +135,8 @@ fn run(args: Args) -> Result<()> {
             } = *test;
             // One cache per test, emptied before each run (its buffers kept), as llama-bench
             // keeps one context: the warm-up faults the cache's pages in, and the timed runs
-            // do not (a fresh cache per run took a page fault per 4 KiB it first wrote, ~70
-            // per 700M decode step).
+            // do not (with a fresh cache per run they took ~120 page faults per 700M decode
+            // step).
             let mut cache = model.new_cache(1, depth + tokens)?;
             let mut run_once = || {
                 pool.install(|| {
