@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use bitnet_model::{perplexity, token_nll, windows};
+use bitnet_model::{perplexity, token_nll_with_cache, windows};
 use burn::tensor::Device;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -79,11 +79,14 @@ fn run(args: Args, device: Device) -> Result<()> {
             .expect("valid template")
             .progress_chars("=> "),
     );
+    // One cache for every window (the longest is the first), as llama-perplexity keeps one
+    // context: a new one per window would be allocated and faulted in again.
+    let mut cache = model.new_cache(1, windows[0].len)?;
     let mut all = Vec::new();
     let mut per_window = Vec::new();
     for window in &windows {
         let slice = &tokens[window.start..window.start + window.len];
-        let nll = token_nll(&model, slice, window.first)?;
+        let nll = token_nll_with_cache(&model, &mut cache, slice, window.first)?;
         per_window.push(json!({
             "start": window.start,
             "tokens": window.len,

@@ -11,7 +11,9 @@ use bitnet_backend::Isa;
 use bitnet_backend::QuantizedActivations;
 use bitnet_backend::kernels::ternary_matmul_i32;
 use bitnet_import::load_hf_model;
-use bitnet_model::{BitLinear, BitNetModel, CacheType, KvCache, token_nll};
+use bitnet_model::{
+    BitLinear, BitNetModel, CacheType, KvCache, ModelError, token_nll, token_nll_with_cache,
+};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use common::{Golden, golden_dir};
 
@@ -426,6 +428,9 @@ fn perplexity_nll_equals_the_one_from_the_golden_logits() {
     let Some(cases) = cases() else { return };
     for case in &cases {
         let model = load(&case.model_dir, &Device::flex());
+        // One cache reused across the sequences must score as a fresh one does.
+        let longest = case.sequences.iter().map(|s| s.input_ids.len()).max();
+        let mut reused = model.new_cache(1, longest.unwrap_or(1)).unwrap();
         // A one-token sequence has nothing to predict.
         for seq in case.sequences.iter().filter(|s| s.input_ids.len() > 1) {
             let ids: Vec<u32> = seq.input_ids.iter().map(|&t| t as u32).collect();
@@ -441,6 +446,14 @@ fn perplexity_nll_equals_the_one_from_the_golden_logits() {
                 })
                 .collect();
             let got = token_nll(&model, &ids, 1).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            let in_reused = token_nll_with_cache(&model, &mut reused, &ids, 1)
+                .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            assert_eq!(in_reused, got, "{} {}: reused cache", case.name, seq.id);
+            let mut short = model.new_cache(1, ids.len() - 1).unwrap();
+            assert!(matches!(
+                token_nll_with_cache(&model, &mut short, &ids, 1),
+                Err(ModelError::ContextOverflow { .. })
+            ));
             assert_eq!(got.len(), want.len());
             for (j, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(

@@ -37,7 +37,7 @@ pub use feed_forward::FeedForward;
 pub use generate::{GenerateOptions, Generation, GenerationStats, Session, StopReason};
 pub use model::{BitNetModel, DecoderLayer, HiddenStates};
 pub use norm::{RmsNorm, RmsNormConfig};
-pub use perplexity::{Window, perplexity, token_nll, windows};
+pub use perplexity::{Window, perplexity, token_nll, token_nll_with_cache, windows};
 pub use rope::RotaryEmbedding;
 pub use sampling::{Sampler, SamplerConfig};
 pub use tokenizer::{

@@ -4,6 +4,7 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 
+use crate::cache::KvCache;
 use crate::error::{ModelError, Result};
 use crate::model::BitNetModel;
 
@@ -80,20 +81,39 @@ pub fn windows(n: usize, ctx: usize, stride: Option<usize>) -> Result<Vec<Window
 
 /// Negative log-likelihoods (nats) of `tokens[first..]`, each predicted from the tokens before
 /// it, in one forward pass over `tokens` from an empty context.
+///
+/// Makes a cache for the pass; to score many windows, make one with
+/// [`BitNetModel::new_cache`] and use [`token_nll_with_cache`].
 pub fn token_nll(model: &BitNetModel, tokens: &[u32], first: usize) -> Result<Vec<f64>> {
+    let mut cache = model.new_cache(1, tokens.len())?;
+    token_nll_with_cache(model, &mut cache, tokens, first)
+}
+
+/// [`token_nll`] in `cache` (a batch of one, emptied first, its buffers kept): one cache of the
+/// window size reused across windows, as llama-perplexity keeps one context, spares each window
+/// allocating a new cache and faulting its pages in as it is written.
+///
+/// # Errors
+/// As [`token_nll`], and [`ModelError::ContextOverflow`] if `tokens` do not fit the cache.
+pub fn token_nll_with_cache(
+    model: &BitNetModel,
+    cache: &mut KvCache,
+    tokens: &[u32],
+    first: usize,
+) -> Result<Vec<f64>> {
     if first == 0 || first >= tokens.len() {
         return Err(ModelError::Perplexity(format!(
             "scoring from token {first} of {}: the first scored token needs context and a target",
             tokens.len()
         )));
     }
+    cache.clear();
     let device = model.embed_tokens.weight.val().device();
     let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
     let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, tokens.len()]), &device);
     // Only the positions that predict a scored token go through the LM head.
     let len = tokens.len();
-    let mut cache = model.new_cache(1, len)?;
-    let logits = model.forward_positions(input, &mut cache, first - 1..len - 1)?;
+    let logits = model.forward_positions(input, cache, first - 1..len - 1)?;
     let vocab = logits.dims()[2];
     let log_probs = log_softmax(logits, 2)
         .into_data()
