@@ -191,11 +191,11 @@ fn run(args: Args) -> Result<()> {
         row["cpu_info"] = json!(cpu);
     }
     match if args.json { Output::Json } else { args.output } {
-        Output::Md => print_table(&rows, model_bytes, rss),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Md => print_table(&rows, model_bytes, rss)?,
+        Output::Json => common::print_line(serde_json::to_string_pretty(&rows)?)?,
         Output::Jsonl => {
             for row in &rows {
-                println!("{}", serde_json::to_string(row)?);
+                common::print_line(serde_json::to_string(row)?)?;
             }
         }
         Output::Csv => print_csv(&rows)?,
@@ -410,11 +410,11 @@ fn print_csv(rows: &[Value]) -> Result<()> {
     Ok(())
 }
 
-fn print_table(rows: &[Value], model_bytes: u64, rss: Option<u64>) {
-    println!(
-        "| model | size | params | head | kernel | cache | backend | threads | test | t/s | read GB/s |"
-    );
-    println!("|---|---:|---:|---|---|---|---|---:|---|---:|---:|");
+fn print_table(rows: &[Value], model_bytes: u64, rss: Option<u64>) -> Result<()> {
+    common::print_line(
+        "| model | size | params | head | kernel | cache | backend | threads | test | t/s | read GB/s |",
+    )?;
+    common::print_line("|---|---:|---:|---|---|---|---|---:|---|---:|---:|")?;
     let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
     let spread = |mean: &Value, sd: &Value, digits: usize| match (mean.as_f64(), sd.as_f64()) {
         (Some(mean), Some(sd)) => format!("{mean:.digits$} ± {sd:.digits$}"),
@@ -432,7 +432,7 @@ fn print_table(rows: &[Value], model_bytes: u64, rss: Option<u64>) {
             )
         });
         let (model, size, params) = model.unwrap_or(("-".into(), "-".into(), "-".into()));
-        println!(
+        common::print_line(format_args!(
             "| {model} | {size} | {params} | {} | {} | {} | {} | {} | {} | {} | {} |",
             text(&row["head"]),
             text(&row["kernel"]),
@@ -442,9 +442,10 @@ fn print_table(rows: &[Value], model_bytes: u64, rss: Option<u64>) {
             text(&row["test"]),
             spread(&row["mean_tps"], &row["sd_tps"], 2),
             spread(&row["read_gbps"], &row["sd_gbps"], 1),
-        );
+        ))?;
     }
     if let Some(rss) = rss {
         eprintln!("peak RSS: {:.1} MiB", rss as f64 / (1 << 20) as f64);
     }
+    Ok(())
 }

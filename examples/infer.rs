@@ -6,7 +6,7 @@
 //! ```
 //! Text streams to stdout; logs and the statistics line go to stderr.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 
 use anyhow::{Context, Result, bail};
 use bitnet_model::{
@@ -136,16 +136,19 @@ fn run(args: Args, device: Device) -> Result<()> {
             ctx_size
         );
     }
-    print!("{}", args.prompt);
+    common::print_out(&args.prompt)?;
     let out = session.generate(&prompt, &tokenizer, &mut sampler, &options, print_flush)?;
-    println!();
+    common::print_line("")?;
     eprintln!("stop: {:?} | {}", out.stop, out.stats);
     Ok(())
 }
 
+/// Streams generated text (a callback that cannot return an error: a failed write ends the
+/// run here, quietly if the reader has gone).
 fn print_flush(text: &str) {
-    print!("{text}");
-    let _ = std::io::stdout().flush();
+    if let Err(e) = common::print_out(text) {
+        common::exit_on_error(Err(e.into()));
+    }
 }
 
 fn rand_seed() -> u64 {
@@ -226,7 +229,7 @@ fn chat(
         let add_bos = session.tokens().is_empty() && (bos.is_empty() || !text.starts_with(bos));
         let prompt = tokenizer.encode(&text, add_bos)?;
         let out = session.generate(&prompt, tokenizer, sampler, options, print_flush)?;
-        println!();
+        common::print_line("")?;
         eprintln!("[{}]", out.stats);
         conversation.assistant(out.text)?;
     }

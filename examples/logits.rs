@@ -72,7 +72,7 @@ fn run(args: Args, device: Device) -> Result<()> {
                 (0, f32::NEG_INFINITY),
                 |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
             );
-        println!("{position}\t{best}\t{logit}");
+        common::print_line(format_args!("{position}\t{best}\t{logit}"))?;
     }
     if let Some(out) = args.out {
         if out.is_dir() {

@@ -116,21 +116,21 @@ fn run(args: Args, device: Device) -> Result<()> {
             "ppl_se": se,
             "windows": per_window,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        common::print_line(serde_json::to_string_pretty(&out)?)?;
     } else {
         let of_all = if windows.len() < all_windows {
             format!(" (the first of {all_windows})")
         } else {
             String::new()
         };
-        println!(
+        common::print_line(format_args!(
             "perplexity: {ppl:.4} ± {se:.4} (mean NLL {mean:.4} nats/token) over {} scored of {} \
              tokens in {} window{}{of_all} of {ctx}",
             all.len(),
             tokens.len(),
             windows.len(),
             if windows.len() == 1 { "" } else { "s" },
-        );
+        ))?;
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 mod support;
 
-use support::{run_example, run_example_with_env};
+use support::{run_example, run_example_unread, run_example_with_env};
 
 #[test]
 fn bench_reports_prefill_and_decode_per_thread_count() {
@@ -243,5 +243,16 @@ fn bad_bench_flags_are_one_line_errors() {
             !out.status.success() && log.contains(needle),
             "{args:?}: {log}"
         );
+    }
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_run_quietly() {
+    // `bench ... | head -1`: the table, JSON or CSV cannot be written, and that is no error.
+    for output in ["md", "jsonl", "csv"] {
+        let args = ["-p", "4", "-n", "2", "-t", "1", "-r", "1", "-o", output];
+        let (status, log) = run_example_unread("bench", &args);
+        assert!(status.success(), "-o {output}: {status}: {log}");
+        assert!(!log.contains("panicked") && !log.contains("error"), "{log}");
     }
 }

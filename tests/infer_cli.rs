@@ -108,6 +108,18 @@ fn with_no_arguments_infer_runs_the_bundled_demo_model() {
 }
 
 #[test]
+fn a_reader_that_goes_away_ends_generation_quietly() {
+    // `infer | head -c 10`: streaming stops at the first write nobody reads, without a panic.
+    let (status, log) = support::run_example_unread("infer", &["-n", "64", "--temp", "0"]);
+    assert!(status.success(), "{status}: {log}");
+    assert!(!log.contains("panicked") && !log.contains("error"), "{log}");
+    assert!(
+        !log.contains("generated: 64 tokens"),
+        "it stopped early: {log}"
+    );
+}
+
+#[test]
 fn a_context_past_the_training_context_runs_with_a_warning() {
     let (ok, _, log) = infer(&["-n", "2", "--temp", "0"], "");
     assert!(ok && !log.contains("warning:"), "{log}");

@@ -78,12 +78,36 @@ pub fn demo_model_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-shakespeare")
 }
 
-/// Prints a failed run's error chain on one line and exits with status 1.
-fn exit_on_error(result: anyhow::Result<()>) {
+/// Prints a failed run's error chain on one line and exits with status 1; a write to a stdout
+/// whose reader has gone (`| head`) ends the run quietly with status 0 instead, as the reader
+/// asked for no more.
+pub fn exit_on_error(result: anyhow::Result<()>) {
     if let Err(e) = result {
+        let closed_pipe = e.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if closed_pipe {
+            std::process::exit(0);
+        }
         eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// Writes `text` to stdout and flushes it, returning the error where `print!` would panic (a
+/// reader that has gone, a full disk), for `?` to take to [`exit_on_error`].
+pub fn print_out(text: impl std::fmt::Display) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{text}")?;
+    out.flush()
+}
+
+/// [`print_out`] of `line` and a newline.
+pub fn print_line(line: impl std::fmt::Display) -> std::io::Result<()> {
+    print_out(format_args!("{line}\n"))
 }
 
 /// `e` and its causes joined by `: ` (as `{e:#}` gives them), leaving out a cause whose text

@@ -51,3 +51,23 @@ pub fn run_example_with_env(
         .unwrap();
     child.wait_with_output().unwrap()
 }
+
+/// Runs example `name` with nobody reading its stdout (the pipe's read end closed at once, as
+/// `| head` closes it), and returns its status and stderr.
+pub fn run_example_unread(name: &str, args: &[&str]) -> (std::process::ExitStatus, String) {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let mut child = Command::new(profile_dir.join("examples").join(name))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running the example");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
