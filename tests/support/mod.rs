@@ -19,8 +19,7 @@ pub fn golden_model() -> Option<PathBuf> {
     }
 }
 
-/// Runs example `name`: `cargo test` builds examples beside the test binaries,
-/// in `target/<profile>/examples`.
+/// Runs example `name` (built by `cargo test` or `cargo build --examples`).
 pub fn run_example(name: &str, args: &[&str], stdin: &str) -> Output {
     run_example_with_env(name, args, stdin, &[])
 }
@@ -33,9 +32,7 @@ pub fn run_example_with_env(
     env: &[(&str, &str)],
 ) -> Output {
     use std::io::Write;
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let mut child = Command::new(profile_dir.join("examples").join(name))
+    let mut child = example(name)
         .args(args)
         .envs(env.iter().copied())
         .stdin(std::process::Stdio::piped())
@@ -55,9 +52,7 @@ pub fn run_example_with_env(
 /// Runs example `name` with nobody reading its stdout (the pipe's read end closed at once, as
 /// `| head` closes it), and returns its status and stderr.
 pub fn run_example_unread(name: &str, args: &[&str]) -> (std::process::ExitStatus, String) {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let mut child = Command::new(profile_dir.join("examples").join(name))
+    let mut child = example(name)
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -70,4 +65,12 @@ pub fn run_example_unread(name: &str, args: &[&str]) -> (std::process::ExitStatu
         out.status,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A command running example `name`: `cargo test` builds examples beside the test binaries, in
+/// `target/<profile>/examples`.
+fn example(name: &str) -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    Command::new(profile_dir.join("examples").join(name))
 }
