@@ -141,11 +141,7 @@ fn run(args: Args) -> Result<()> {
             let mut run_once = || {
                 pool.install(|| {
                     fill_to_depth(&model, &mut cache, depth, &device)?;
-                    if prefill {
-                        time_prefill(&model, &mut cache, tokens, depth, &device)
-                    } else {
-                        time_decode(&model, &mut cache, tokens, depth, &device)
-                    }
+                    test.time(&model, &mut cache, &device)
                 })
             };
             run_once()?;
@@ -230,6 +226,19 @@ impl Test {
             depth => format!("{kind}{} @ d{depth}", self.tokens),
         }
     }
+
+    /// Seconds for the timed part on `cache`, filled to the test's depth: one forward of all
+    /// its tokens (prefill) or one forward per token (decode).
+    fn time(&self, model: &BitNetModel, cache: &mut KvCache, device: &Device) -> Result<f64> {
+        let step = if self.prefill { self.tokens } else { 1 };
+        let start = Instant::now();
+        for first in (self.depth..self.depth + self.tokens).step_by(step) {
+            model
+                .forward_last(prompt(model, first, step, device), cache)?
+                .into_data();
+        }
+        Ok(start.elapsed().as_secs_f64())
+    }
 }
 
 /// The tests of one thread count, in llama-bench's order: per depth, every prefill, then every
@@ -253,37 +262,6 @@ fn tests(prompts: &[usize], gens: &[usize], depths: &[usize]) -> Result<Vec<Test
         bail!("nothing to run: every -p and -n is 0");
     }
     Ok(tests)
-}
-
-/// Seconds for one prefill of `tokens` tokens into `cache`, filled to `depth` positions.
-fn time_prefill(
-    model: &BitNetModel,
-    cache: &mut KvCache,
-    tokens: usize,
-    depth: usize,
-    device: &Device,
-) -> Result<f64> {
-    let input = prompt(model, depth, tokens, device);
-    let start = Instant::now();
-    model.forward_last(input, cache)?.into_data();
-    Ok(start.elapsed().as_secs_f64())
-}
-
-/// Seconds for `tokens` one-token decode steps into `cache`, filled to `depth` positions.
-fn time_decode(
-    model: &BitNetModel,
-    cache: &mut KvCache,
-    tokens: usize,
-    depth: usize,
-    device: &Device,
-) -> Result<f64> {
-    let start = Instant::now();
-    for step in depth..depth + tokens {
-        model
-            .forward_last(prompt(model, step, 1, device), cache)?
-            .into_data();
-    }
-    Ok(start.elapsed().as_secs_f64())
 }
 
 /// Empties `cache` and fills its first `depth` positions (untimed).
