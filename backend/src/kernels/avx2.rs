@@ -83,9 +83,10 @@ unsafe fn load<T>(ptr: *const T) -> __m256i {
 /// Sums `code * q` over one packed row against one token, prefetching the bytes `ahead` of
 /// each block read.
 ///
-/// One row at a time, a single stream through memory: two rows interleaved (two streams one
-/// row apart, sharing the activation loads) decoded the 3B layout 20-30% slower end to end on
-/// a Zen 3 core, at the same speed with cache-resident rows (`benches/README.md`).
+/// One row at a time, a single stream through memory: against two rows interleaved (two
+/// streams one row apart, sharing the activation loads) a Zen 3 core streamed the 3B layers
+/// (rows of 800 and 2160 bytes) 14-47% faster (median 27%), the 700M layers and cache-resident
+/// rows at the same speed (*Nineteenth session* in `benches/README.md`).
 ///
 /// # Safety
 /// `row` is `q.len() / 4` bytes and `q.len()` is a multiple of 128.
