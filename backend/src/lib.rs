@@ -3,7 +3,8 @@
 //! Packed ternary weights in bitnet.cpp's I2_S layout, exact per-token int8 activation
 //! quantization, SIMD ternary matrix kernels chosen at run time, and the Burn backend extension
 //! ([`TernaryOps`]) that lets a Burn model run a ternary linear layer on Flex, NdArray and
-//! Autodiff devices.
+//! Autodiff devices. The extension is the default feature `burn`; without it the crate is the
+//! formats and kernels on plain slices, and does not build Burn.
 //!
 //! Lossless means: the int32 accumulators equal the exact `sum(q * w)` of the int8 activations
 //! and ternary weights, and the float output follows the reference formula bit for bit.
@@ -11,6 +12,7 @@
 pub mod attention;
 pub mod base3;
 pub mod error;
+#[cfg(feature = "burn")]
 pub mod extension;
 pub mod glu;
 pub mod half_matrix;
@@ -30,6 +32,7 @@ mod vectorize;
 
 pub use base3::{I2sBase3View, I2sBase3Weights};
 pub use error::{Result, TernaryError};
+#[cfg(feature = "burn")]
 pub use extension::{
     TernaryLinearExt, TernaryOps, TernaryWeight, cache_write, cached_attention, gated_activation,
     gated_rms_norm_ternary_linear, rms_norm, rms_norm_ternary_linear_group, rotary_embedding,

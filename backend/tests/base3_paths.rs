@@ -7,10 +7,8 @@ use bitnet_backend::base3::{i2s_base3_linear_group, i2s_base3_linear_group_quant
 use bitnet_backend::kernels::{ternary_linear_group, ternary_linear_quantized};
 use bitnet_backend::{
     I2sBase3Weights, I2sWeights, Isa, KernelChoice, PackedFormat, QuantizedActivations,
-    ScaleConvention, TernaryError, TernaryLinearExt, TernaryWeight,
-    ternary_linear_group as burn_group,
+    ScaleConvention, TernaryError,
 };
-use burn::tensor::{Device, Tensor, TensorData};
 use common::Rng;
 
 /// Around whole groups of 640 weights (none, one, several, with and without leftover blocks),
@@ -174,37 +172,45 @@ fn bad_bytes_are_refused_with_what_is_wrong() {
     );
 }
 
-#[test]
-fn the_burn_op_runs_base3_weights_like_i2s_ones() {
-    let k = 700;
-    let i2s: Vec<I2sWeights> = [20, 8].iter().map(|&n| weights(n as u64, n, k)).collect();
-    #[allow(deprecated)]
-    let ndarray = Device::ndarray();
-    for (name, device) in [("flex", Device::flex()), ("ndarray", ndarray)] {
-        let plain: Vec<_> = i2s
-            .iter()
-            .map(|w| TernaryWeight::from_i2s(w, &device))
-            .collect();
-        let both: Vec<_> = i2s
-            .iter()
-            .map(|w| TernaryWeight::from_i2s_base3(&I2sBase3Weights::from_i2s(w), &device))
-            .collect();
-        for shape in [[1, 1, k], [2, 3, k]] {
-            let x = Rng::new(4).floats(shape.iter().product());
-            let input = Tensor::<3>::from_data(TensorData::new(x, shape), &device);
-            let want = burn_group(input.clone(), &plain.iter().collect::<Vec<_>>()).unwrap();
-            let got = burn_group(input.clone(), &both.iter().collect::<Vec<_>>()).unwrap();
-            for (got, want) in got.into_iter().zip(want) {
-                got.into_data().assert_eq(&want.into_data(), true);
+/// Only with the Burn extension (the default feature).
+#[cfg(feature = "burn")]
+mod burn_op {
+    use super::*;
+    use bitnet_backend::{TernaryLinearExt, TernaryWeight, ternary_linear_group as burn_group};
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    #[test]
+    fn the_burn_op_runs_base3_weights_like_i2s_ones() {
+        let k = 700;
+        let i2s: Vec<I2sWeights> = [20, 8].iter().map(|&n| weights(n as u64, n, k)).collect();
+        #[allow(deprecated)]
+        let ndarray = Device::ndarray();
+        for (name, device) in [("flex", Device::flex()), ("ndarray", ndarray)] {
+            let plain: Vec<_> = i2s
+                .iter()
+                .map(|w| TernaryWeight::from_i2s(w, &device))
+                .collect();
+            let both: Vec<_> = i2s
+                .iter()
+                .map(|w| TernaryWeight::from_i2s_base3(&I2sBase3Weights::from_i2s(w), &device))
+                .collect();
+            for shape in [[1, 1, k], [2, 3, k]] {
+                let x = Rng::new(4).floats(shape.iter().product());
+                let input = Tensor::<3>::from_data(TensorData::new(x, shape), &device);
+                let want = burn_group(input.clone(), &plain.iter().collect::<Vec<_>>()).unwrap();
+                let got = burn_group(input.clone(), &both.iter().collect::<Vec<_>>()).unwrap();
+                for (got, want) in got.into_iter().zip(want) {
+                    got.into_data().assert_eq(&want.into_data(), true);
+                }
+                let alone = input.clone().ternary_linear(&both[1]).unwrap();
+                let want = input.ternary_linear(&plain[1]).unwrap();
+                alone.into_data().assert_eq(&want.into_data(), true);
             }
-            let alone = input.clone().ternary_linear(&both[1]).unwrap();
-            let want = input.ternary_linear(&plain[1]).unwrap();
-            alone.into_data().assert_eq(&want.into_data(), true);
+            assert_eq!(both[0].to_i2s().unwrap(), i2s[0], "{name}");
+            both[0]
+                .dequantize()
+                .into_data()
+                .assert_eq(&plain[0].dequantize().into_data(), true);
         }
-        assert_eq!(both[0].to_i2s().unwrap(), i2s[0], "{name}");
-        both[0]
-            .dequantize()
-            .into_data()
-            .assert_eq(&plain[0].dequantize().into_data(), true);
     }
 }
