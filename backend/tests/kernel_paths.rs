@@ -74,10 +74,16 @@ fn every_path_matches_the_naive_product_on_awkward_shapes() {
 fn prefill_tiles_of_every_token_count_match_the_naive_product() {
     // 31 tokens leave tiles of 16, 8, 4, 1, 1 and 1; rows around whole groups of 16 (the
     // AVX-512 row-lane kernel) plus leftovers; K = 4096 puts the tokens exactly 4 KiB apart.
-    for (seed, (m, n, k)) in [(31, 33, 300), (13, 16, 4096), (2, 47, 129), (24, 15, 128)]
-        .into_iter()
-        .enumerate()
-    {
+    // 37 x 67 x 4099: the unpacking kernels' blocks of 4 tokens (at this width) and 32 rows, with
+    // one token and three rows (an odd row tile) left over.
+    let shapes = [
+        (31, 33, 300),
+        (13, 16, 4096),
+        (2, 47, 129),
+        (24, 15, 128),
+        (37, 67, 4099),
+    ];
+    for (seed, (m, n, k)) in shapes.into_iter().enumerate() {
         check(1000 + seed as u64, m, k, n);
     }
 }

@@ -49,6 +49,12 @@ use crate::quant::{ActivationSource, QuantizedActivations};
 const ROW_TILE: usize = 2;
 /// Tokens that share each load of decoded weights in the multi-token path.
 const TOKEN_TILE: usize = 4;
+/// Rows unpacked at once in the multi-token path (one byte per code: 48-260 KiB at the model
+/// layouts' widths), which stay in L2 while each block of tokens runs against them.
+const DECODED_ROWS: usize = 32;
+/// Activation bytes per block of tokens in the multi-token path, which stay in L1 while every
+/// unpacked row runs against them (at least one token tile, whatever the width).
+const TOKEN_BLOCK_BYTES: usize = 16 * 1024;
 /// Every rayon task gets a multiple of this many rows, so no kernel's row tile is split.
 const TASK_ROWS: usize = 4;
 /// Tokens per rayon task when finishing sums stored by row (16 i32 share a cache line of sums),
@@ -490,7 +496,7 @@ fn run<K: TernaryKernel>(
 }
 
 /// [`TernaryKernel::raw_dots`] for a [`DecodingKernel`]: packed rows for one token; for several,
-/// a pair of rows unpacked once and reused for every token.
+/// a block of rows unpacked once and reused for every token, a block of tokens at a time.
 ///
 /// # Safety
 /// As [`TernaryKernel::raw_dots`].
@@ -511,38 +517,49 @@ unsafe fn decoded_dots<K: DecodingKernel>(
     thread_local! {
         static DECODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
+    let token_block = (TOKEN_BLOCK_BYTES / kp / TOKEN_TILE).max(1) * TOKEN_TILE;
     DECODED.with_borrow_mut(|decoded| {
-        decoded.resize(ROW_TILE * kp, 0);
-        for (i, tile) in codes.chunks(ROW_TILE * rb).enumerate() {
-            for (row, dst) in tile.chunks_exact(rb).zip(decoded.chunks_exact_mut(kp)) {
+        decoded.resize(DECODED_ROWS * kp, 0);
+        for (i, block) in codes.chunks(DECODED_ROWS * rb).enumerate() {
+            for (row, dst) in block.chunks_exact(rb).zip(decoded.chunks_exact_mut(kp)) {
                 // SAFETY: CPU support guaranteed by the caller; `dst` is 4 bytes per packed byte.
                 unsafe { K::decode_row(row, dst) };
             }
-            let r0 = i * ROW_TILE;
-            if tile.len() == ROW_TILE * rb {
-                token_tiles::<K, ROW_TILE>(decoded, q, kp, m, (r0, layout), out);
-            } else {
-                token_tiles::<K, 1>(decoded, q, kp, m, (r0, layout), out);
+            let block = &decoded[..block.len() * 4];
+            for t0 in (0..m).step_by(token_block) {
+                let tokens = t0..m.min(t0 + token_block);
+                for (j, tile) in block.chunks(ROW_TILE * kp).enumerate() {
+                    let r0 = i * DECODED_ROWS + j * ROW_TILE;
+                    if tile.len() == ROW_TILE * kp {
+                        token_tiles::<K, ROW_TILE>(tile, q, kp, tokens.clone(), (r0, layout), out);
+                    } else {
+                        token_tiles::<K, 1>(tile, q, kp, tokens.clone(), (r0, layout), out);
+                    }
+                }
             }
         }
     });
 }
 
-/// Runs `R` decoded rows (rows `r0..` of the output) against all `m` tokens, `TOKEN_TILE` at a
-/// time, then one at a time.
+/// Runs `R` decoded rows (rows `r0..` of the output) against `tokens`, `TOKEN_TILE` at a time,
+/// then one at a time.
 fn token_tiles<K: DecodingKernel, const R: usize>(
     decoded: &[u8],
     q: &[i8],
     kp: usize,
-    m: usize,
+    tokens: std::ops::Range<usize>,
     (r0, layout): (usize, SumLayout),
     out: &mut [i32],
 ) {
     let codes: [&[u8]; R] = std::array::from_fn(|r| &decoded[r * kp..(r + 1) * kp]);
     let token = |t: usize| &q[t * kp..(t + 1) * kp];
-    let mut t = 0;
-    while t < m {
-        let tile = if m - t >= TOKEN_TILE { TOKEN_TILE } else { 1 };
+    let mut t = tokens.start;
+    while t < tokens.end {
+        let tile = if tokens.end - t >= TOKEN_TILE {
+            TOKEN_TILE
+        } else {
+            1
+        };
         if tile == TOKEN_TILE {
             // SAFETY: CPU support guaranteed by `decoded_dots`' caller; every slice is `kp` long.
             let sums = unsafe {
