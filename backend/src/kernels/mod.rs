@@ -5,8 +5,9 @@
 //! for `w = code - 1`. All arithmetic is integer, so every path gives the same bits.
 //!
 //! Decode (one token) streams each packed row once. For prefill (several tokens) the scalar,
-//! NEON and AVX2 paths unpack a pair of rows into bytes once and reuse them for every token,
-//! four tokens at a time ([`DecodingKernel`]); the AVX-512 path unpacks in registers and
+//! NEON and AVX2 paths unpack a block of rows into bytes once and reuse them for every token,
+//! in tiles of two rows x four tokens, a block of tokens (16 KiB of activations, so they stay
+//! in L1) at a time ([`DecodingKernel`]); the AVX-512 path unpacks in registers and
 //! computes tiles of rows x tokens from the packed rows directly. Either way a weight is
 //! decoded once per tile, not once per product.
 //!
