@@ -37,6 +37,12 @@ pub enum ImportError {
     /// A configuration option we do not implement.
     #[error("unsupported option: {0}")]
     Unsupported(String),
+    /// A model path that is neither a directory nor a file of a format we read.
+    #[error(
+        "{path} is not a model: neither an HF checkpoint directory nor a GGUF file (starting with \
+         \"GGUF\") nor a converted model (starting with \"BITNETCV\")"
+    )]
+    UnknownFormat { path: PathBuf },
     /// A safetensors file is truncated or corrupt.
     #[error("corrupt safetensors file {path}: {message}")]
     Safetensors { path: PathBuf, message: String },

@@ -64,15 +64,20 @@ pub fn model_format(path: &Path) -> Result<ModelFormat> {
             what: "model (an HF directory, a GGUF file or a converted file)",
             path: path.to_path_buf(),
         })
+    } else if let Err(source) = std::fs::File::open(path) {
+        // Named as unreadable, not as an unknown format, which the magic checks would say.
+        Err(ImportError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     } else if gguf::is_gguf(path) {
         Ok(ModelFormat::Gguf)
     } else if is_converted(path) {
         Ok(ModelFormat::Converted)
     } else {
-        Err(ImportError::Unsupported(format!(
-            "{} is neither an HF checkpoint directory, a GGUF file nor a converted model",
-            path.display()
-        )))
+        Err(ImportError::UnknownFormat {
+            path: path.to_path_buf(),
+        })
     }
 }
 

@@ -212,3 +212,18 @@ fn every_truncation_of_a_converted_file_is_an_error() {
     let message = load_error(&write(tmp.path(), "neither", b"not a model at all"));
     assert!(message.contains("neither"), "{message}");
 }
+
+#[test]
+fn a_path_that_cannot_be_opened_is_named_unreadable_not_an_unknown_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A socket exists but cannot be opened as a file (even by root, unlike a mode of 000).
+    #[cfg(unix)]
+    {
+        let socket = tmp.path().join("model.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let message = load_error(&socket);
+        assert!(message.starts_with("cannot read"), "{message}");
+    }
+    let message = load_error(&write(tmp.path(), "empty.gguf", b""));
+    assert!(message.contains("is not a model"), "{message}");
+}
