@@ -12,7 +12,10 @@ use crate::vectorize::FloatLoop;
 
 pub(super) struct Avx2;
 
-/// Blocks of 128 weights summed in i16 before widening: 4 maddubs of <= 512 each per block.
+/// Blocks of 128 weights summed in i16 before widening. The decode row kernel reads half its
+/// codes four times over (at most 8), so its second sum gains up to 2 x 2 x 8 x 128 = 4096 per
+/// block: eight blocks reach -32768 (every code 2, every q -128), which i16 still holds, and
+/// +32512 at most (q <= 127).
 const GEMV_BLOCKS_PER_FLUSH: usize = 8;
 /// 32-byte chunks summed in i16 before widening on unpacked codes (one maddubs each).
 const CHUNKS_PER_FLUSH: usize = 32;
@@ -95,9 +98,11 @@ unsafe fn gemv_row(row: &[u8], q: &[i8], ahead: usize) -> i32 {
     let blocks = q.len() / BLOCK;
     debug_assert_eq!(row.len(), blocks * BLOCK_BYTES);
     let ones = _mm256_set1_epi16(1);
-    let mut acc32 = _mm256_setzero_si256();
+    let (low, high) = (_mm256_set1_epi8(0x03), _mm256_set1_epi8(0x0c));
+    // Sums of the groups read in place (codes) and of those read four times over (bits 2-3).
+    let (mut plain32, mut quad32) = (_mm256_setzero_si256(), _mm256_setzero_si256());
     for run in flush_runs(blocks, GEMV_BLOCKS_PER_FLUSH) {
-        let mut acc16 = _mm256_setzero_si256();
+        let (mut plain16, mut quad16) = (_mm256_setzero_si256(), _mm256_setzero_si256());
         for b in run {
             if b % 2 == 0 {
                 // A hint only (no fault past the end): rows are short streams, as in the
@@ -107,24 +112,29 @@ unsafe fn gemv_row(row: &[u8], q: &[i8], ahead: usize) -> i32 {
                 );
             }
             // SAFETY: b < blocks, so the 128 activations and 32 packed bytes of block b exist.
-            let (x, c) = unsafe {
+            let (x, packed) = unsafe {
                 let x: [__m256i; 4] =
                     std::array::from_fn(|g| load(q.as_ptr().add(b * BLOCK + g * BLOCK_BYTES)));
-                (x, unpack(load(row.as_ptr().add(b * BLOCK_BYTES))))
+                (x, load(row.as_ptr().add(b * BLOCK_BYTES)))
             };
-            let s01 = _mm256_add_epi16(
-                _mm256_maddubs_epi16(c[0], x[0]),
-                _mm256_maddubs_epi16(c[1], x[1]),
+            // One shift instead of three: bits 0-1 of each byte (or of each byte shifted by
+            // four) are a code, bits 2-3 four times a code, summed apart and divided at the end.
+            let shifted = _mm256_srli_epi16::<4>(packed);
+            let plain = _mm256_add_epi16(
+                _mm256_maddubs_epi16(_mm256_and_si256(shifted, low), x[1]),
+                _mm256_maddubs_epi16(_mm256_and_si256(packed, low), x[3]),
             );
-            let s23 = _mm256_add_epi16(
-                _mm256_maddubs_epi16(c[2], x[2]),
-                _mm256_maddubs_epi16(c[3], x[3]),
+            let quad = _mm256_add_epi16(
+                _mm256_maddubs_epi16(_mm256_and_si256(shifted, high), x[0]),
+                _mm256_maddubs_epi16(_mm256_and_si256(packed, high), x[2]),
             );
-            acc16 = _mm256_add_epi16(acc16, _mm256_add_epi16(s01, s23));
+            plain16 = _mm256_add_epi16(plain16, plain);
+            quad16 = _mm256_add_epi16(quad16, quad);
         }
-        acc32 = _mm256_add_epi32(acc32, _mm256_madd_epi16(acc16, ones));
+        plain32 = _mm256_add_epi32(plain32, _mm256_madd_epi16(plain16, ones));
+        quad32 = _mm256_add_epi32(quad32, _mm256_madd_epi16(quad16, ones));
     }
-    hsum_i32(acc32)
+    hsum_i32(plain32) + (hsum_i32(quad32) >> 2)
 }
 
 /// Unpacks a packed row into one code per byte.
