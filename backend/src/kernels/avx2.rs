@@ -22,11 +22,8 @@ const CHUNKS_PER_FLUSH: usize = 32;
 
 impl DecodingKernel for Avx2 {
     unsafe fn gemv(codes: &[u8], row_bytes: usize, q: &[i8], out: &mut [i32]) {
-        let ahead = prefetch_distance(row_bytes);
-        for (row, out) in codes.chunks_exact(row_bytes).zip(out) {
-            // SAFETY: the caller guarantees AVX2; each row is `row_bytes`, q is `4 * row_bytes`.
-            *out = unsafe { gemv_row(row, q, ahead) };
-        }
+        // SAFETY: the caller guarantees AVX2; each row is `row_bytes`, q is `4 * row_bytes`.
+        unsafe { gemv(codes, row_bytes, q, out) }
     }
 
     unsafe fn decode_row(row: &[u8], dst: &mut [u8]) {
@@ -63,6 +60,22 @@ fn unpack(packed: __m256i) -> [__m256i; 4] {
     ]
 }
 
+/// Lane `r` of the result: the sum of the eight lanes of `v[r]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum_eight(v: [__m256i; 8]) -> __m256i {
+    // Each `hadd` halves the sums per vector; the two 128-bit halves are added last.
+    let pairs: [__m256i; 4] = std::array::from_fn(|i| _mm256_hadd_epi32(v[2 * i], v[2 * i + 1]));
+    let (low, high) = (
+        _mm256_hadd_epi32(pairs[0], pairs[1]),
+        _mm256_hadd_epi32(pairs[2], pairs[3]),
+    );
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(low, high),
+        _mm256_permute2x128_si256::<0x31>(low, high),
+    )
+}
+
 #[inline]
 #[target_feature(enable = "avx2")]
 fn hsum_i32(v: __m256i) -> i32 {
@@ -83,8 +96,37 @@ unsafe fn load<T>(ptr: *const T) -> __m256i {
     unsafe { _mm256_loadu_si256(ptr.cast()) }
 }
 
-/// Sums `code * q` over one packed row against one token, prefetching the bytes `ahead` of
-/// each block read.
+/// [`DecodingKernel::gemv`]: eight rows' sums reduced across lanes together, the rest one by
+/// one.
+///
+/// # Safety
+/// The CPU supports AVX2; `codes` holds rows of `row_bytes` = `q.len() / 4` bytes, a multiple
+/// of 32, and `out` one sum per row.
+#[target_feature(enable = "avx2")]
+unsafe fn gemv(codes: &[u8], row_bytes: usize, q: &[i8], out: &mut [i32]) {
+    let ahead = prefetch_distance(row_bytes);
+    let whole = out.len() / 8 * 8;
+    let (eights, rest) = out.split_at_mut(whole);
+    for (rows, out) in codes
+        .chunks_exact(8 * row_bytes)
+        .zip(eights.chunks_exact_mut(8))
+    {
+        let mut lanes = [_mm256_setzero_si256(); 8];
+        for (r, lanes) in lanes.iter_mut().enumerate() {
+            // SAFETY: forwarded from the caller; row `r` of the eight is `row_bytes`.
+            *lanes = unsafe { row_lanes(&rows[r * row_bytes..][..row_bytes], q, ahead) };
+        }
+        // SAFETY: `out` is eight i32s.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), hsum_eight(lanes)) };
+    }
+    for (row, out) in codes[whole * row_bytes..].chunks_exact(row_bytes).zip(rest) {
+        // SAFETY: forwarded from the caller.
+        *out = hsum_i32(unsafe { row_lanes(row, q, ahead) });
+    }
+}
+
+/// Sums `code * q` over one packed row against one token, in eight i32 lanes to be added,
+/// prefetching the bytes `ahead` of each block read.
 ///
 /// One row at a time, a single stream through memory: against two rows interleaved (two
 /// streams one row apart, sharing the activation loads) a Zen 3 core streamed the 3B layers
@@ -94,7 +136,7 @@ unsafe fn load<T>(ptr: *const T) -> __m256i {
 /// # Safety
 /// `row` is `q.len() / 4` bytes and `q.len()` is a multiple of 128.
 #[target_feature(enable = "avx2")]
-unsafe fn gemv_row(row: &[u8], q: &[i8], ahead: usize) -> i32 {
+unsafe fn row_lanes(row: &[u8], q: &[i8], ahead: usize) -> __m256i {
     let blocks = q.len() / BLOCK;
     debug_assert_eq!(row.len(), blocks * BLOCK_BYTES);
     let ones = _mm256_set1_epi16(1);
@@ -134,7 +176,8 @@ unsafe fn gemv_row(row: &[u8], q: &[i8], ahead: usize) -> i32 {
         plain32 = _mm256_add_epi32(plain32, _mm256_madd_epi16(plain16, ones));
         quad32 = _mm256_add_epi32(quad32, _mm256_madd_epi16(quad16, ones));
     }
-    hsum_i32(plain32) + (hsum_i32(quad32) >> 2)
+    // Every lane of the second sum is a multiple of four, so the shift is exact.
+    _mm256_add_epi32(plain32, _mm256_srai_epi32::<2>(quad32))
 }
 
 /// Unpacks a packed row into one code per byte.
