@@ -3,14 +3,20 @@
 
 use std::borrow::Cow;
 
+use smallvec::{SmallVec, smallvec};
+
+/// Per-axis numbers of a [`Rows`]: held inline up to four axes (a decode step walks rows
+/// hundreds of times, and each walk allocated its index on the heap).
+pub type Axes = SmallVec<[usize; 4]>;
+
 /// Rows of `width` contiguous values in a buffer, numbered in row-major order of `extents`:
 /// row `(i_0, .., i_n)` starts at `start + sum(i_j * strides[j])`.
 #[derive(Debug, Clone)]
 pub struct Rows<'a> {
     data: Cow<'a, [f32]>,
     start: usize,
-    extents: Vec<usize>,
-    strides: Vec<usize>,
+    extents: Axes,
+    strides: Axes,
     width: usize,
 }
 
@@ -22,8 +28,8 @@ impl<'a> Rows<'a> {
         Self {
             data,
             start: 0,
-            extents: vec![count],
-            strides: vec![width],
+            extents: smallvec![count],
+            strides: smallvec![width],
             width,
         }
     }
@@ -33,11 +39,11 @@ impl<'a> Rows<'a> {
     pub fn strided(
         data: impl Into<Cow<'a, [f32]>>,
         start: usize,
-        extents: Vec<usize>,
-        strides: Vec<usize>,
+        extents: impl Into<Axes>,
+        strides: impl Into<Axes>,
         width: usize,
     ) -> Option<Self> {
-        let data = data.into();
+        let (data, extents, strides) = (data.into(), extents.into(), strides.into());
         if extents.len() != strides.len() {
             return None;
         }
@@ -74,7 +80,8 @@ impl<'a> Rows<'a> {
     /// The rows from row `first` on (in row-major order of the extents), each found from the
     /// last by adding a stride (no division per row).
     pub fn from_row(&self, first: usize) -> RowIter<'_> {
-        let (mut index, mut offset, mut rest) = (vec![0; self.extents.len()], self.start, first);
+        let (mut index, mut offset, mut rest) =
+            (smallvec![0; self.extents.len()], self.start, first);
         for ((i, &extent), &stride) in index.iter_mut().zip(&self.extents).zip(&self.strides).rev()
         {
             *i = rest % extent.max(1);
@@ -94,7 +101,7 @@ impl<'a> Rows<'a> {
 #[derive(Debug)]
 pub struct RowIter<'r> {
     rows: &'r Rows<'r>,
-    index: Vec<usize>,
+    index: Axes,
     offset: usize,
     left: usize,
 }

@@ -22,7 +22,7 @@ use crate::kernels::{
 use crate::kv::CacheValue;
 use crate::lut::{LutView, lut_linear_quantized};
 use crate::quant::{ActivationSource, NormWeight};
-use crate::rows::Rows;
+use crate::rows::{Axes, Rows};
 use crate::{kv, norm, rope};
 
 /// `N` ternary layers applied to the rows `source` gives (`x_shape` with `k` last): validated
@@ -220,8 +220,8 @@ fn flex_rows(t: &FlexTensor) -> Option<Rows<'_>> {
     let outer = outer
         .iter()
         .map(|&s| s.try_into().ok())
-        .collect::<Option<Vec<usize>>>()?;
-    let extents = shape[..outer.len()].to_vec();
+        .collect::<Option<Axes>>()?;
+    let extents = Axes::from_slice(&shape[..outer.len()]);
     let width = shape[outer.len()];
     Rows::strided(
         t.storage::<f32>(),

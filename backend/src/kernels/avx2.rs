@@ -60,22 +60,6 @@ fn unpack(packed: __m256i) -> [__m256i; 4] {
     ]
 }
 
-/// Lane `r` of the result: the sum of the eight lanes of `v[r]`.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn hsum_eight(v: [__m256i; 8]) -> __m256i {
-    // Each `hadd` halves the sums per vector; the two 128-bit halves are added last.
-    let pairs: [__m256i; 4] = std::array::from_fn(|i| _mm256_hadd_epi32(v[2 * i], v[2 * i + 1]));
-    let (low, high) = (
-        _mm256_hadd_epi32(pairs[0], pairs[1]),
-        _mm256_hadd_epi32(pairs[2], pairs[3]),
-    );
-    _mm256_add_epi32(
-        _mm256_permute2x128_si256::<0x20>(low, high),
-        _mm256_permute2x128_si256::<0x31>(low, high),
-    )
-}
-
 #[inline]
 #[target_feature(enable = "avx2")]
 fn hsum_i32(v: __m256i) -> i32 {
@@ -117,7 +101,7 @@ unsafe fn gemv(codes: &[u8], row_bytes: usize, q: &[i8], out: &mut [i32]) {
             *lanes = unsafe { row_lanes(&rows[r * row_bytes..][..row_bytes], q, ahead) };
         }
         // SAFETY: `out` is eight i32s.
-        unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), hsum_eight(lanes)) };
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), sum_eight(lanes)) };
     }
     for (row, out) in codes[whole * row_bytes..].chunks_exact(row_bytes).zip(rest) {
         // SAFETY: forwarded from the caller.
