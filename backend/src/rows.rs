@@ -5,8 +5,8 @@ use std::borrow::Cow;
 
 use smallvec::{SmallVec, smallvec};
 
-/// Per-axis numbers of a [`Rows`]: held inline up to four axes (a decode step walks rows
-/// hundreds of times, and each walk allocated its index on the heap).
+/// Per-axis numbers of a [`Rows`], held inline up to four axes: a decode step makes and walks
+/// row views hundreds of times, and on the heap each took an allocation or three.
 pub type Axes = SmallVec<[usize; 4]>;
 
 /// Rows of `width` contiguous values in a buffer, numbered in row-major order of `extents`:
