@@ -5,7 +5,8 @@
 //! cargo run --release --example dummy -- --size 700M --out dummy-700m.bitnet [--gguf dummy-700m.gguf] [--seed S]
 //! ```
 //! Writes our converted format and, with `--gguf`, a bitnet.cpp I2_S GGUF of the same weights
-//! (F16 embedding, as bitnet.cpp's files have). Tensors are generated and written one at a
+//! (F16 embedding, as bitnet.cpp's files have, and a placeholder vocabulary of the model's size,
+//! without which llama.cpp-family engines refuse the file). Tensors are generated and written one at a
 //! time, so a 13B model needs about one embedding's worth of memory.
 
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use bitnet_backend::{ActivationScale, I2sWeights, ScaleConvention, TernaryLayout};
 use bitnet_import::converted::f32_bytes;
 use bitnet_import::ggml::{GgmlType, encode_i2s};
-use bitnet_import::gguf_write::{gguf_architecture, gguf_metadata};
+use bitnet_import::gguf_write::{gguf_architecture, gguf_metadata, placeholder_vocab};
 use bitnet_import::{ConvertedWriter, GgufTensorPlan, GgufWriter, StoredKind};
 use bitnet_model::{BitNetConfig, FfnActivation, TernaryLinearSpec};
 use clap::{Parser, ValueEnum};
@@ -219,11 +220,9 @@ fn run(args: Args) -> Result<()> {
                 .iter()
                 .map(|(name, t)| gguf_plan(name, t))
                 .collect::<Result<Vec<_>>>()?;
-            Some(GgufWriter::create(
-                path,
-                &gguf_metadata(&config, arch),
-                plan,
-            )?)
+            let mut metadata = gguf_metadata(&config, arch);
+            metadata.extend(placeholder_vocab(config.vocab_size)?);
+            Some(GgufWriter::create(path, &metadata, plan)?)
         }
     };
     let progress = progress_bar(tensors.len() as u64);

@@ -213,6 +213,45 @@ pub fn gguf_metadata(config: &BitNetConfig, arch: &str) -> BTreeMap<String, Meta
     m
 }
 
+/// `tokenizer.*` metadata of a generated SentencePiece vocabulary of `vocab_size` pieces: `<unk>`,
+/// `<s>`, `</s>`, the 256 byte pieces, then placeholder words `▁t0`, `▁t1`, ... (the kind
+/// bitnet.cpp's parity files carry). For models that come without a tokenizer, such as the dummy
+/// benchmark layouts: llama.cpp-family engines (bitnet.cpp, ik_llama.cpp) refuse to load a GGUF
+/// that has none, and benchmarks feed token ids anyway.
+pub fn placeholder_vocab(vocab_size: usize) -> Result<BTreeMap<String, MetadataValue>> {
+    use MetadataValue as V;
+    const SPECIALS: [(&str, i32); 3] = [("<unk>", 2), ("<s>", 3), ("</s>", 3)];
+    const BYTE: i32 = 6;
+    const NORMAL: i32 = 1;
+    let fixed = SPECIALS.len() + 256;
+    if vocab_size < fixed {
+        return Err(ImportError::Unsupported(format!(
+            "a placeholder vocabulary needs at least {fixed} tokens (3 specials and 256 bytes), \
+             the model has {vocab_size}"
+        )));
+    }
+    let pieces = SPECIALS
+        .iter()
+        .map(|&(text, ty)| (text.to_string(), ty))
+        .chain((0..=255u8).map(|b| (format!("<0x{b:02X}>"), BYTE)))
+        .chain((0..vocab_size - fixed).map(|i| (format!("\u{2581}t{i}"), NORMAL)));
+    let (tokens, types): (Vec<_>, Vec<_>) = pieces
+        .map(|(text, ty)| (V::String(text), V::I32(ty)))
+        .unzip();
+    Ok(BTreeMap::from([
+        ("tokenizer.ggml.model".into(), V::String("llama".into())),
+        ("tokenizer.ggml.pre".into(), V::String("default".into())),
+        ("tokenizer.ggml.tokens".into(), V::Array(tokens)),
+        ("tokenizer.ggml.token_type".into(), V::Array(types)),
+        (
+            "tokenizer.ggml.scores".into(),
+            V::Array(vec![V::F32(0.0); vocab_size]),
+        ),
+        ("tokenizer.ggml.bos_token_id".into(), V::U32(1)),
+        ("tokenizer.ggml.eos_token_id".into(), V::U32(2)),
+    ]))
+}
+
 /// Writes `model` as a bitnet.cpp I2_S GGUF at `path`, with the tokenizer when one is given.
 ///
 /// A model whose scales divide (HF `BitLinear`, 1bitLLM) is written with each scale inverted,
@@ -385,4 +424,23 @@ fn files_tokenizer(files: &BTreeMap<String, String>) -> Result<bitnet_model::Tok
         files: files.clone(),
     }
     .tokenizer(Path::new("tokenizer.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_placeholder_vocabulary_has_one_piece_per_token_or_names_the_shortfall() {
+        let vocab = placeholder_vocab(300).unwrap();
+        for key in ["tokens", "token_type", "scores"] {
+            let values = vocab[&format!("tokenizer.ggml.{key}")].as_array().unwrap();
+            assert_eq!(values.len(), 300, "{key}");
+        }
+        let error = placeholder_vocab(258).unwrap_err().to_string();
+        assert!(
+            error.contains("at least 259") && error.contains("has 258"),
+            "{error}"
+        );
+    }
 }
