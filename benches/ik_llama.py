@@ -1,0 +1,120 @@
+"""Times ik_llama.cpp like `bench` times us: pp (one batch of P tokens) and tg (N single-token
+decodes from an empty cache) per thread count, a warm-up run then R timed runs, mean ± sd.
+
+ik_llama.cpp is one of the two engines issue 8's targets are set against. Its PyPI wheel
+(`pip install ik-llama-cpp-python==0.1.5`: an AVX2 + FMA build, no AVX-512) ships the library
+and its `llama-quantize`, which turns the I2_S GGUF that `dummy --gguf` writes into IQ2_BN, so
+both engines run the very same weights on the same machine in the same hour:
+
+    python benches/ik_llama.py -m d700-iq2bn.gguf -p 128 -n 64 -t 1,2 -r 3 [--fa 0,1] [--json]
+
+With `--json` it prints, as `bench --json` does, an array of
+{"test", "threads", "mean_tps", "sd_tps", "reps"} (plus "engine" and "flash_attn").
+"""
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+
+from ik_llama_cpp import _ctypes_api as C
+from ik_llama_cpp._internals import make_batch_range, make_batch_single
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-m", "--model", required=True, help="GGUF file ik_llama.cpp can load")
+    p.add_argument("-p", "--n-prompt", type=int, default=128, help="prefill tokens (0: none)")
+    p.add_argument("-n", "--n-gen", type=int, default=64, help="decode steps (0: none)")
+    p.add_argument("-t", "--threads", default="1,2", help="comma-separated thread counts")
+    p.add_argument("-r", "--reps", type=int, default=5, help="timed runs after the warm-up")
+    p.add_argument("--fa", default="1", help="flash attention: 0, 1 or 0,1 (each measured)")
+    p.add_argument("--no-repack", action="store_true", help="skip run-time repacking (-rtr)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON instead")
+    args = p.parse_args()
+    if args.reps < 1 or (args.n_prompt <= 0 and args.n_gen <= 0):
+        p.error("need -r >= 1 and at least one of -p, -n above 0")
+    return args
+
+
+def timed_tests(ctx, n_vocab, args):
+    """Yields (name, function returning tokens/s of one run) for each requested test."""
+    rng = random.Random(0)
+
+    def prefill():
+        C.llama_kv_cache_clear(ctx)
+        tokens = [rng.randrange(n_vocab) for _ in range(args.n_prompt)]
+        batch = make_batch_range(tokens, pos_start=0, logits_last=True)
+        start = time.perf_counter()
+        status = C.llama_decode(ctx, batch)
+        elapsed = time.perf_counter() - start
+        C.llama_batch_free(batch)
+        if status != 0:
+            sys.exit(f"llama_decode failed ({status}) on a {args.n_prompt}-token prefill")
+        return args.n_prompt / elapsed
+
+    def decode():
+        C.llama_kv_cache_clear(ctx)
+        batches = [make_batch_single(rng.randrange(n_vocab), pos) for pos in range(args.n_gen)]
+        start = time.perf_counter()
+        for batch in batches:
+            if C.llama_decode(ctx, batch) != 0:
+                sys.exit("llama_decode failed on a decode step")
+        elapsed = time.perf_counter() - start
+        for batch in batches:
+            C.llama_batch_free(batch)
+        return args.n_gen / elapsed
+
+    if args.n_prompt > 0:
+        yield f"pp{args.n_prompt}", prefill
+    if args.n_gen > 0:
+        yield f"tg{args.n_gen}", decode
+
+
+def main():
+    args = parse_args()
+    C.llama_backend_init()
+    model_params = C.llama_model_default_params()
+    model_params.repack_tensors = not args.no_repack
+    model = C.llama_model_load_from_file(args.model.encode(), model_params)
+    if not model:
+        sys.exit(f"ik_llama.cpp could not load {args.model} (its log above says why)")
+    n_vocab = C.llama_vocab_n_tokens(C.llama_model_get_vocab(model))
+    n_ctx = max(256, args.n_prompt + args.n_gen)
+    results = []
+    for threads in [int(t) for t in args.threads.split(",")]:
+        for fa in [int(f) for f in args.fa.split(",")]:
+            params = C.llama_context_default_params()
+            params.n_ctx = params.n_batch = params.n_ubatch = n_ctx
+            params.n_threads = params.n_threads_batch = threads
+            params.flash_attn = bool(fa)
+            ctx = C.llama_init_from_model(model, params)
+            if not ctx:
+                sys.exit("ik_llama.cpp could not create a context")
+            for name, run in timed_tests(ctx, n_vocab, args):
+                run()  # warm-up
+                rates = [run() for _ in range(args.reps)]
+                results.append({
+                    "engine": "ik_llama.cpp",
+                    "test": name,
+                    "threads": threads,
+                    "flash_attn": bool(fa),
+                    "mean_tps": statistics.mean(rates),
+                    "sd_tps": statistics.stdev(rates) if len(rates) > 1 else 0.0,
+                    "reps": args.reps,
+                })
+            C.llama_free(ctx)
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return
+    print("| model | engine | fa | threads | test | t/s |")
+    print("|---|---|---:|---:|---|---:|")
+    for r in results:
+        print(f"| {args.model.split('/')[-1]} | ik_llama.cpp | {int(r['flash_attn'])} "
+              f"| {r['threads']} | {r['test']} | {r['mean_tps']:.2f} ± {r['sd_tps']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
