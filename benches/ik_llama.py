@@ -10,12 +10,19 @@ both engines run the very same weights on the same machine in the same hour:
 
 With `--json` it prints, as `bench --json` does, an array of
 {"test", "threads", "mean_tps", "sd_tps", "reps"} (plus "engine" and "flash_attn").
+
+`--check-logits OURS --tokens 1,2,3` instead runs the tokens through ik_llama.cpp in one batch
+and compares every position's logits with ours (`logits --tokens 1,2,3 --out OURS`): it fails
+unless each position's logits correlate at 0.99 or better, which only the same weights do (ik
+keeps its KV cache and the head's input in f16, so the figures differ by a few percent).
 """
 
 import argparse
 import json
+import math
 import random
 import statistics
+import struct
 import sys
 import time
 
@@ -33,7 +40,11 @@ def parse_args():
     p.add_argument("--fa", default="1", help="flash attention: 0, 1 or 0,1 (each measured)")
     p.add_argument("--no-repack", action="store_true", help="skip run-time repacking (-rtr)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead")
+    p.add_argument("--check-logits", metavar="OURS", help="safetensors from `logits --out`")
+    p.add_argument("--tokens", help="comma-separated token ids, with --check-logits")
     args = p.parse_args()
+    if bool(args.check_logits) != bool(args.tokens):
+        p.error("--check-logits and --tokens go together")
     if args.reps < 1 or (args.n_prompt <= 0 and args.n_gen <= 0):
         p.error("need -r >= 1 and at least one of -p, -n above 0")
     return args
@@ -73,26 +84,89 @@ def timed_tests(ctx, n_vocab, args):
         yield f"tg{args.n_gen}", decode
 
 
+def load_model(path, repack):
+    C.llama_backend_init()
+    params = C.llama_model_default_params()
+    params.repack_tensors = repack
+    model = C.llama_model_load_from_file(path.encode(), params)
+    if not model:
+        sys.exit(f"ik_llama.cpp could not load {path} (its log above says why)")
+    return model
+
+
+def new_context(model, n_ctx, threads, fa):
+    params = C.llama_context_default_params()
+    params.n_ctx = params.n_batch = params.n_ubatch = n_ctx
+    params.n_threads = params.n_threads_batch = threads
+    params.flash_attn = bool(fa)
+    ctx = C.llama_init_from_model(model, params)
+    if not ctx:
+        sys.exit("ik_llama.cpp could not create a context")
+    return ctx
+
+
+def read_logits(path):
+    """The [T, vocab] f32 tensor `logits` of a safetensors file, as rows of floats."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    header_len = struct.unpack("<Q", raw[:8])[0]
+    entry = json.loads(raw[8:8 + header_len])["logits"]
+    if entry["dtype"] != "F32" or len(entry["shape"]) != 2:
+        sys.exit(f"{path}: `logits` is not a [T, vocab] F32 tensor")
+    start, end = (8 + header_len + o for o in entry["data_offsets"])
+    values = struct.unpack(f"<{(end - start) // 4}f", raw[start:end])
+    width = entry["shape"][1]
+    return [values[i:i + width] for i in range(0, len(values), width)]
+
+
+def correlation(a, b):
+    n = len(a)
+    ma, mb = sum(a) / n, sum(b) / n
+    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+    va = sum((x - ma) ** 2 for x in a)
+    vb = sum((y - mb) ** 2 for y in b)
+    return cov / math.sqrt(va * vb)
+
+
+def check_logits(model, args):
+    """Compares ik_llama.cpp's logits for `args.tokens` with ours; exits 1 on a mismatch."""
+    tokens = [int(t) for t in args.tokens.split(",")]
+    ours = read_logits(args.check_logits)
+    n_vocab = C.llama_vocab_n_tokens(C.llama_model_get_vocab(model))
+    if len(ours) != len(tokens) or len(ours[0]) != n_vocab:
+        sys.exit(f"ours are {len(ours)} x {len(ours[0])} logits, ik's {len(tokens)} x {n_vocab}")
+    ctx = new_context(model, max(256, len(tokens)), 2, 1)
+    batch = make_batch_range(tokens, pos_start=0, logits_last=False)
+    for i in range(len(tokens)):
+        batch.logits[i] = 1
+    if C.llama_decode(ctx, batch) != 0:
+        sys.exit("llama_decode failed")
+    worst = 1.0
+    for pos, row in enumerate(ours):
+        theirs = C.llama_get_logits_ith(ctx, pos)[:n_vocab]
+        r = correlation(row, theirs)
+        diff = max(abs(x - y) for x, y in zip(row, theirs)) / max(abs(x) for x in row)
+        argmax = [max(range(n_vocab), key=v.__getitem__) for v in (row, theirs)]
+        print(f"position {pos}: correlation {r:.5f}, max |diff| {100 * diff:.1f}% of max |logit|, "
+              f"argmax ours {argmax[0]} ik {argmax[1]}")
+        worst = min(worst, r)
+    if worst < 0.99:
+        sys.exit(f"logits differ: correlation {worst:.4f} < 0.99")
+    print(f"same model: every position's logits correlate at {worst:.4f} or better")
+
+
 def main():
     args = parse_args()
-    C.llama_backend_init()
-    model_params = C.llama_model_default_params()
-    model_params.repack_tensors = not args.no_repack
-    model = C.llama_model_load_from_file(args.model.encode(), model_params)
-    if not model:
-        sys.exit(f"ik_llama.cpp could not load {args.model} (its log above says why)")
+    model = load_model(args.model, not args.no_repack)
+    if args.check_logits:
+        check_logits(model, args)
+        return
     n_vocab = C.llama_vocab_n_tokens(C.llama_model_get_vocab(model))
     n_ctx = max(256, args.n_prompt + args.n_gen)
     results = []
     for threads in [int(t) for t in args.threads.split(",")]:
         for fa in [int(f) for f in args.fa.split(",")]:
-            params = C.llama_context_default_params()
-            params.n_ctx = params.n_batch = params.n_ubatch = n_ctx
-            params.n_threads = params.n_threads_batch = threads
-            params.flash_attn = bool(fa)
-            ctx = C.llama_init_from_model(model, params)
-            if not ctx:
-                sys.exit("ik_llama.cpp could not create a context")
+            ctx = new_context(model, n_ctx, threads, fa)
             for name, run in timed_tests(ctx, n_vocab, args):
                 run()  # warm-up
                 rates = [run() for _ in range(args.reps)]
