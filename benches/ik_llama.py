@@ -30,19 +30,36 @@ from ik_llama_cpp import _ctypes_api as C
 from ik_llama_cpp._internals import make_batch_range, make_batch_single
 
 
+def int_list(minimum):
+    """An argparse type: comma-separated integers, each at least `minimum`."""
+    def parse(text):
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers")
+        if any(v < minimum for v in values):
+            raise argparse.ArgumentTypeError(f"{text!r}: every value must be at least {minimum}")
+        return values
+    return parse
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-m", "--model", required=True, help="GGUF file ik_llama.cpp can load")
     p.add_argument("-p", "--n-prompt", type=int, default=128, help="prefill tokens (0: none)")
     p.add_argument("-n", "--n-gen", type=int, default=64, help="decode steps (0: none)")
-    p.add_argument("-t", "--threads", default="1,2", help="comma-separated thread counts")
+    p.add_argument("-t", "--threads", type=int_list(1), default=[1, 2],
+                   help="comma-separated thread counts")
     p.add_argument("-r", "--reps", type=int, default=5, help="timed runs after the warm-up")
-    p.add_argument("--fa", default="1", help="flash attention: 0, 1 or 0,1 (each measured)")
+    p.add_argument("--fa", type=int_list(0), default=[1],
+                   help="flash attention: 0, 1 or 0,1 (each measured)")
     p.add_argument("--no-repack", action="store_true", help="skip run-time repacking (-rtr)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead")
     p.add_argument("--check-logits", metavar="OURS", help="safetensors from `logits --out`")
-    p.add_argument("--tokens", help="comma-separated token ids, with --check-logits")
+    p.add_argument("--tokens", type=int_list(0), help="comma-separated token ids, with --check-logits")
     args = p.parse_args()
+    if any(f > 1 for f in args.fa):
+        p.error("--fa takes 0, 1 or 0,1")
     if bool(args.check_logits) != bool(args.tokens):
         p.error("--check-logits and --tokens go together")
     if args.reps < 1 or (args.n_prompt <= 0 and args.n_gen <= 0):
@@ -107,10 +124,13 @@ def new_context(model, n_ctx, threads, fa):
 
 def read_logits(path):
     """The [T, vocab] f32 tensor `logits` of a safetensors file, as rows of floats."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    header_len = struct.unpack("<Q", raw[:8])[0]
-    entry = json.loads(raw[8:8 + header_len])["logits"]
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        header_len = struct.unpack("<Q", raw[:8])[0]
+        entry = json.loads(raw[8:8 + header_len])["logits"]
+    except (OSError, struct.error, ValueError, KeyError) as e:
+        sys.exit(f"{path}: not a safetensors file with a `logits` tensor ({e})")
     if entry["dtype"] != "F32" or len(entry["shape"]) != 2:
         sys.exit(f"{path}: `logits` is not a [T, vocab] F32 tensor")
     start, end = (8 + header_len + o for o in entry["data_offsets"])
@@ -130,9 +150,11 @@ def correlation(a, b):
 
 def check_logits(model, args):
     """Compares ik_llama.cpp's logits for `args.tokens` with ours; exits 1 on a mismatch."""
-    tokens = [int(t) for t in args.tokens.split(",")]
+    tokens = args.tokens
     ours = read_logits(args.check_logits)
     n_vocab = C.llama_vocab_n_tokens(C.llama_model_get_vocab(model))
+    if max(tokens) >= n_vocab:
+        sys.exit(f"token {max(tokens)} is outside the model's vocabulary of {n_vocab}")
     if len(ours) != len(tokens) or len(ours[0]) != n_vocab:
         sys.exit(f"ours are {len(ours)} x {len(ours[0])} logits, ik's {len(tokens)} x {n_vocab}")
     ctx = new_context(model, max(256, len(tokens)), 2, 1)
@@ -164,8 +186,8 @@ def main():
     n_vocab = C.llama_vocab_n_tokens(C.llama_model_get_vocab(model))
     n_ctx = max(256, args.n_prompt + args.n_gen)
     results = []
-    for threads in [int(t) for t in args.threads.split(",")]:
-        for fa in [int(f) for f in args.fa.split(",")]:
+    for threads in args.threads:
+        for fa in args.fa:
             ctx = new_context(model, n_ctx, threads, fa)
             for name, run in timed_tests(ctx, n_vocab, args):
                 run()  # warm-up
