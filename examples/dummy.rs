@@ -6,8 +6,8 @@
 //! ```
 //! Writes our converted format and, with `--gguf`, a bitnet.cpp I2_S GGUF of the same weights
 //! (F16 embedding, as bitnet.cpp's files have, and a placeholder vocabulary of the model's size,
-//! without which llama.cpp-family engines refuse the file). Tensors are generated and written one at a
-//! time, so a 13B model needs about one embedding's worth of memory.
+//! without which llama.cpp-family engines refuse the file). Tensors are generated and written
+//! one at a time, so a 13B model needs about one embedding's worth of memory.
 
 use std::path::PathBuf;
 
