@@ -1,7 +1,7 @@
 """Times ik_llama.cpp like `bench` times us: pp (one batch of P tokens) and tg (N single-token
 decodes from an empty cache) per thread count, a warm-up run then R timed runs, mean ± sd.
 
-ik_llama.cpp is one of the two engines issue 8's targets are set against. Its PyPI wheel
+ik_llama.cpp is one of the two engines our speed targets are set against. Its PyPI wheel
 (`pip install ik-llama-cpp-python==0.1.5`: an AVX2 + FMA build, no AVX-512) ships the library
 and its `llama-quantize`, which turns the I2_S GGUF that `dummy --gguf` writes into IQ2_BN, so
 both engines run the very same weights on the same machine in the same hour:
