@@ -3,7 +3,7 @@
 //! every instruction set this CPU has and the kernel families (I2_S, `lut-*`, and for one token
 //! `base3-*`, the base-3 decode copy), next to Burn's own f32 matmul on Flex; then a decode
 //! sweep over the 700M and 3B stacks of layers (0.17 and 0.81 GB of packed weights in I2_S,
-//! 0.14 and 0.65 GB in base-3; and at 2 threads with the halves of every matrix swept by two
+//! 0.14 and 0.65 GB in base-3, 0.14 and 0.67 GB in LUT3; and at 2 threads with the halves of every matrix swept by two
 //! threads that never synchronize), the 3B layout's LM head in F16 and int8, and the cached
 //! attention of a prefill and a decode step.
 //!
@@ -21,9 +21,10 @@ use bitnet_backend::kernels::{
     ROOFLINE_PRODUCTS_PER_STEP, ternary_linear_quantized, vpdpbusd_roofline,
 };
 use bitnet_backend::lut::lut_linear_quantized;
+use bitnet_backend::lut3::i2s_lut3_linear_group_quantized;
 use bitnet_backend::{
-    ActivationScale, HalfMatrix, I2sBase3Weights, I2sWeights, Int8Matrix, Isa, LutWeights,
-    QuantizedActivations, ScaleConvention, TernaryLayout,
+    ActivationScale, HalfMatrix, I2sBase3Weights, I2sLut3Weights, I2sWeights, Int8Matrix, Isa,
+    LutWeights, QuantizedActivations, ScaleConvention, TernaryLayout,
 };
 use burn::tensor::{Device, Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -200,7 +201,8 @@ fn stack_shapes(
 /// GEMV over every BitLinear of the 700M and 3B dummy layouts (hidden, FFN, layers: 1536,
 /// 4096, 24 and 3200, 8640, 26), one matrix after the other as decode reads them: 0.17 and
 /// 0.81 GB of packed weights, far beyond any cache; then the same from the base-3 copies
-/// (`base3-*`, 0.14 and 0.65 GB read). Throughput is the bytes the format's decode reads.
+/// (`base3-*`, 0.14 and 0.65 GB read, AVX-512) and the LUT3 copies (`lut3-*`, 0.14 and 0.67 GB,
+/// AVX2). Throughput is the bytes the format's decode reads.
 fn decode_sweep(c: &mut Criterion) {
     let mut group = c.benchmark_group("sweep");
     group
@@ -216,10 +218,11 @@ fn decode_sweep(c: &mut Criterion) {
             .collect();
         let input = |k: usize| &inputs[usize::from(k != hidden)];
         let base3: Vec<I2sBase3Weights> = stack.iter().map(I2sBase3Weights::from_i2s).collect();
+        let lut3: Vec<I2sLut3Weights> = stack.iter().map(I2sLut3Weights::from_i2s).collect();
         type Sweep<'a> = Box<dyn Fn(Isa) + Sync + 'a>;
         // (name prefix, bytes a sweep reads, which paths read them, the sweep)
         type Format<'a> = (&'a str, usize, fn(Isa) -> bool, Sweep<'a>);
-        let formats: [Format; 2] = [
+        let formats: [Format; 3] = [
             (
                 "",
                 stack.iter().map(|w| w.codes().len()).sum(),
@@ -244,6 +247,22 @@ fn decode_sweep(c: &mut Criterion) {
                         let x = input(w.layout().k);
                         black_box(
                             i2s_base3_linear_group_quantized(isa, &[w.view()], x).expect("valid"),
+                        );
+                    }
+                }),
+            ),
+            (
+                "lut3-",
+                lut3.iter()
+                    .map(|w| w.layout().n * w.layout().decode_row_bytes())
+                    .sum(),
+                // The AVX2 kernel: AVX-512 machines decode from base-3 copies instead.
+                |isa| isa == Isa::Avx2,
+                Box::new(|isa| {
+                    for w in &lut3 {
+                        let x = input(w.layout().k);
+                        black_box(
+                            i2s_lut3_linear_group_quantized(isa, &[w.view()], x).expect("valid"),
                         );
                     }
                 }),

@@ -14,7 +14,8 @@
 //! per line, with `-o csv` one CSV row each under a header of their keys) goes to stdout. Decode
 //! rows also give the bytes a step reads (`read_bytes_per_token`: packed weights, norms, the LM
 //! head in its decode format, the KV cache) and the bandwidth that draws (`read_gbps`, GB/s).
-//! `BITNET_KERNEL=base3` decodes from a 1.6-bit copy of the weights (`kernel` column).
+//! `BITNET_KERNEL=base3` (AVX-512) and `lut3` (AVX2) decode from a 1.6- or 1.67-bit copy of the
+//! weights (`kernel` column).
 //! `--cache-type f16` keeps the KV cache in f16 (`cache` column), as llama.cpp does by default.
 
 use std::path::Path;

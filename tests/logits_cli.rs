@@ -80,7 +80,7 @@ fn every_kernel_family_on_every_instruction_set_gives_the_same_logits() {
         .chain(golden.map(|g| (g, "111,154,73,304,214,9,1,2")));
     for (model, tokens) in cases {
         let (reference, _) = logits_with(&model, tokens, "i2s", "scalar");
-        for kernel in ["i2s", "lut", "base3", "auto"] {
+        for kernel in ["i2s", "lut", "base3", "lut3", "auto"] {
             for isa in Isa::supported() {
                 let (bytes, log) = logits_with(&model, tokens, kernel, &isa.to_string());
                 assert!(bytes == reference, "{kernel}/{isa} on {model} {tokens}");

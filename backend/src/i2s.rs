@@ -61,6 +61,10 @@ pub enum PackedFormat {
     /// I2_S for several tokens plus a base-3 copy (1.6 bits per weight) that decode reads
     /// ([`crate::base3`]): all I2_S rows, then all base-3 rows.
     I2sBase3,
+    /// I2_S for several tokens plus a three-weight lookup-table copy (1.67 bits per weight) that
+    /// decode reads ([`crate::lut3`]): all I2_S rows, then the copy's tiles (rows padded to
+    /// whole tiles in both).
+    I2sLut3,
 }
 
 impl std::fmt::Display for PackedFormat {
@@ -69,6 +73,7 @@ impl std::fmt::Display for PackedFormat {
             Self::I2s => "i2s",
             Self::Lut => "lut",
             Self::I2sBase3 => "i2s+base3",
+            Self::I2sLut3 => "i2s+lut3",
         })
     }
 }
@@ -125,22 +130,25 @@ impl TernaryLayout {
         self.k.div_ceil(BLOCK) * BLOCK
     }
 
-    /// Packed bytes per row: `k_padded / 4` (I2_S and LUT), plus the base-3 row for
-    /// [`PackedFormat::I2sBase3`].
+    /// Packed bytes per row: `k_padded / 4` (I2_S and LUT), plus the decode copy's row for
+    /// [`PackedFormat::I2sBase3`] and [`PackedFormat::I2sLut3`].
     pub fn row_bytes(&self) -> usize {
         match self.format {
             PackedFormat::I2s | PackedFormat::Lut => self.k_padded() / 4,
-            PackedFormat::I2sBase3 => self.k_padded() / 4 + self.decode_row_bytes(),
+            PackedFormat::I2sBase3 | PackedFormat::I2sLut3 => {
+                self.k_padded() / 4 + self.decode_row_bytes()
+            }
         }
     }
 
     /// Packed bytes of one row that a decode step (one token) reads: for
     /// [`PackedFormat::I2sBase3`] its base-3 row, as the AVX-512 and scalar paths read it (AVX2
-    /// reads the I2_S row, [`crate::base3`]).
+    /// reads the I2_S row, [`crate::base3`]); for [`PackedFormat::I2sLut3`] its LUT3 row.
     pub fn decode_row_bytes(&self) -> usize {
         match self.format {
             PackedFormat::I2s | PackedFormat::Lut => self.row_bytes(),
             PackedFormat::I2sBase3 => crate::base3::base3_row_bytes(self.k_padded()),
+            PackedFormat::I2sLut3 => crate::lut3::lut3_row_bytes(self.k),
         }
     }
 
@@ -149,11 +157,13 @@ impl TernaryLayout {
         Self { format, ..self }
     }
 
-    /// Rows of packed bytes: `n`, or for the LUT format `n` rounded up to whole tiles.
+    /// Rows of packed bytes: `n`, or for the LUT formats `n` rounded up to whole tiles.
     pub fn packed_rows(&self) -> usize {
         match self.format {
             PackedFormat::I2s | PackedFormat::I2sBase3 => self.n,
-            PackedFormat::Lut => self.n.div_ceil(crate::lut::TILE_ROWS) * crate::lut::TILE_ROWS,
+            PackedFormat::Lut | PackedFormat::I2sLut3 => {
+                self.n.div_ceil(crate::lut::TILE_ROWS) * crate::lut::TILE_ROWS
+            }
         }
     }
 

@@ -21,6 +21,7 @@ pub mod int8_matrix;
 pub mod kernels;
 pub mod kv;
 pub mod lut;
+pub mod lut3;
 pub mod norm;
 pub mod quant;
 pub mod rope;
@@ -44,5 +45,6 @@ pub use i2s::{I2sView, I2sWeights, PackedFormat, ScaleConvention, TernaryLayout}
 pub use int8_matrix::Int8Matrix;
 pub use kernels::Isa;
 pub use lut::{LutView, LutWeights};
+pub use lut3::{I2sLut3View, I2sLut3Weights};
 pub use quant::{ActivationScale, ActivationSource, NormWeight, QuantizedActivations};
 pub use select::KernelChoice;

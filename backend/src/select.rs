@@ -1,7 +1,8 @@
-//! Which kernel family runs a layer: `BITNET_KERNEL=i2s|lut|base3|auto`, where `auto` times I2_S
-//! and LUT on each distinct weight shape and token-count class once and keeps the faster.
-//! `base3` (I2_S plus a 1.6-bit copy for decode, [`crate::base3`]) trades memory for decode
-//! bandwidth, which a timing of one layer in cache cannot see, so it is only ever asked for.
+//! Which kernel family runs a layer: `BITNET_KERNEL=i2s|lut|base3|lut3|auto`, where `auto`
+//! times I2_S and LUT on each distinct weight shape and token-count class once and keeps the
+//! faster. `base3` and `lut3` (I2_S plus a 1.6- or 1.67-bit copy for decode, [`crate::base3`]
+//! for AVX-512, [`crate::lut3`] for AVX2) trade memory for decode bandwidth, which a timing of
+//! one layer in cache cannot see, so they are only ever asked for.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -39,9 +40,10 @@ impl KernelChoice {
             "i2s" | "i2_s" => Ok(Self::Forced(PackedFormat::I2s)),
             "lut" | "tl" => Ok(Self::Forced(PackedFormat::Lut)),
             "base3" | "i2s+base3" => Ok(Self::Forced(PackedFormat::I2sBase3)),
+            "lut3" | "i2s+lut3" => Ok(Self::Forced(PackedFormat::I2sLut3)),
             "auto" | "" => Ok(Self::Auto),
             other => Err(TernaryError::Dispatch(format!(
-                "BITNET_KERNEL={other:?} is not one of i2s, lut, base3, auto"
+                "BITNET_KERNEL={other:?} is not one of i2s, lut, base3, lut3, auto"
             ))),
         }
     }

@@ -5,9 +5,9 @@
 mod common;
 
 use bitnet_backend::{
-    FfnActivation, I2sBase3Weights, I2sWeights, LutWeights, ScaleConvention, TernaryWeight,
-    gated_activation, gated_rms_norm_ternary_linear, rms_norm, rms_norm_ternary_linear_group,
-    ternary_linear, ternary_linear_group,
+    FfnActivation, I2sBase3Weights, I2sLut3Weights, I2sWeights, LutWeights, ScaleConvention,
+    TernaryWeight, gated_activation, gated_rms_norm_ternary_linear, rms_norm,
+    rms_norm_ternary_linear_group, ternary_linear, ternary_linear_group,
 };
 use burn::tensor::{Device, Tensor, TensorData};
 use common::Rng;
@@ -28,7 +28,7 @@ fn devices() -> Vec<(String, Device)> {
         .collect()
 }
 
-/// The layers `ns` rows each, uploaded in `format`: "i2s", "base3", "lut" or "mixed" (the
+/// The layers `ns` rows each, uploaded in `format`: "i2s", "base3", "lut3", "lut" or "mixed" (the
 /// last layer in the LUT format, the others I2_S).
 fn layers(seed: u64, ns: &[usize], k: usize, format: &str, device: &Device) -> Vec<TernaryWeight> {
     let mut rng = Rng::new(seed);
@@ -41,6 +41,7 @@ fn layers(seed: u64, ns: &[usize], k: usize, format: &str, device: &Device) -> V
                 .unwrap();
             match format {
                 "base3" => TernaryWeight::from_i2s_base3(&I2sBase3Weights::from_i2s(&w), device),
+                "lut3" => TernaryWeight::from_i2s_lut3(&I2sLut3Weights::from_i2s(&w), device),
                 "lut" => TernaryWeight::from_lut(&LutWeights::from_i2s(w.view()), device),
                 "mixed" if i == last => {
                     TernaryWeight::from_lut(&LutWeights::from_i2s(w.view()), device)
@@ -65,7 +66,7 @@ fn a_normed_group_gives_the_bits_of_the_norm_then_the_group() {
     for tokens in [1, 37] {
         let x = rng.floats(tokens * k);
         for ns in [vec![19], vec![8, 5], vec![16, 4, 4], vec![3, 1, 7, 12]] {
-            for format in ["i2s", "base3", "lut", "mixed"] {
+            for format in ["i2s", "base3", "lut3", "lut", "mixed"] {
                 for (name, device) in devices() {
                     let weights = layers(ns.len() as u64, &ns, k, format, &device);
                     let weights: Vec<_> = weights.iter().collect();
@@ -95,7 +96,7 @@ fn a_gated_down_projection_gives_the_bits_of_the_separate_ops() {
     for tokens in [1, 20] {
         let (gate, up) = (rng.floats(tokens * k), rng.floats(tokens * k));
         for activation in [FfnActivation::Silu, FfnActivation::Relu2] {
-            for format in ["i2s", "base3", "lut"] {
+            for format in ["i2s", "base3", "lut3", "lut"] {
                 for (name, device) in devices() {
                     let w = layers(7, &[n], k, format, &device).remove(0);
                     let shape = [tokens, k];

@@ -21,6 +21,7 @@ use crate::kernels::{
 };
 use crate::kv::CacheValue;
 use crate::lut::{LutView, lut_linear_quantized};
+use crate::lut3::{I2sLut3View, i2s_lut3_linear_group_quantized};
 use crate::quant::{ActivationSource, NormWeight};
 use crate::rows::{Axes, Rows};
 use crate::{kv, norm, rope};
@@ -46,6 +47,9 @@ fn group_on_host<const N: usize>(
     } else if formats(PackedFormat::I2sBase3) {
         let views = views(&codes, layouts, I2sBase3View::new).expect(CHECKED);
         quantize(layouts).and_then(|xq| i2s_base3_linear_group_quantized(isa, &views, &xq))
+    } else if formats(PackedFormat::I2sLut3) {
+        let views = views(&codes, layouts, I2sLut3View::new).expect(CHECKED);
+        quantize(layouts).and_then(|xq| i2s_lut3_linear_group_quantized(isa, &views, &xq))
     } else {
         codes
             .iter()
@@ -57,6 +61,9 @@ fn group_on_host<const N: usize>(
                         .and_then(|w| ternary_linear_quantized(isa, w, &xq)),
                     PackedFormat::I2sBase3 => I2sBase3View::new(*layout, codes)
                         .and_then(|w| i2s_base3_linear_group_quantized(isa, &[w], &xq))
+                        .map(|mut ys| ys.swap_remove(0)),
+                    PackedFormat::I2sLut3 => I2sLut3View::new(*layout, codes)
+                        .and_then(|w| i2s_lut3_linear_group_quantized(isa, &[w], &xq))
                         .map(|mut ys| ys.swap_remove(0)),
                     PackedFormat::Lut => {
                         LutView::new(*layout, codes).and_then(|w| lut_linear_quantized(isa, w, &xq))
@@ -92,6 +99,7 @@ fn dequantize_on_host(codes: &[u8], layout: TernaryLayout) -> TensorData {
         PackedFormat::I2s => I2sView::new(layout, codes).map(|w| w.dequantize()),
         PackedFormat::Lut => LutView::new(layout, codes).map(|w| w.dequantize()),
         PackedFormat::I2sBase3 => I2sBase3View::new(layout, codes).map(|w| w.i2s().dequantize()),
+        PackedFormat::I2sLut3 => I2sLut3View::new(layout, codes).map(|w| w.i2s().dequantize()),
     }
     .expect("TernaryWeight validated the packed length");
     TensorData::new(values, [layout.n, layout.k])

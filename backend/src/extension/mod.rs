@@ -27,6 +27,7 @@ use crate::error::{Result, TernaryError};
 use crate::glu::FfnActivation;
 use crate::i2s::{I2sWeights, PackedFormat, TernaryLayout};
 use crate::lut::LutWeights;
+use crate::lut3::{I2sLut3View, I2sLut3Weights};
 use crate::select::KernelChoice;
 
 /// Ternary ops a backend provides.
@@ -232,6 +233,11 @@ impl TernaryWeight {
         Self::upload(weights.layout(), weights.bytes().to_vec(), device)
     }
 
+    /// Uploads weights in the I2_S + LUT3 format.
+    pub fn from_i2s_lut3(weights: &I2sLut3Weights, device: &Device) -> Self {
+        Self::upload(weights.layout(), weights.bytes().to_vec(), device)
+    }
+
     /// Uploads I2_S weights in the format `BITNET_KERNEL` picks for them (`auto`: the faster
     /// kernel family on this shape, measured once per shape). Takes the weights so that their
     /// bytes (or the other format's, built from them) become the tensor without a second copy
@@ -241,6 +247,7 @@ impl TernaryWeight {
             PackedFormat::I2s => weights.into_parts(),
             PackedFormat::Lut => LutWeights::from_i2s(weights.view()).into_parts(),
             PackedFormat::I2sBase3 => I2sBase3Weights::from_i2s(&weights).into_parts(),
+            PackedFormat::I2sLut3 => I2sLut3Weights::from_i2s(&weights).into_parts(),
         };
         Ok(Self::upload(layout, bytes, device))
     }
@@ -298,6 +305,10 @@ impl TernaryWeight {
             PackedFormat::Lut => LutWeights::from_bytes(self.layout, bytes)?.to_i2s(),
             PackedFormat::I2sBase3 => {
                 let i2s = I2sBase3View::new(self.layout, &bytes)?.i2s();
+                I2sWeights::from_codes(i2s.layout, i2s.codes.to_vec())
+            }
+            PackedFormat::I2sLut3 => {
+                let i2s = I2sLut3View::new(self.layout, &bytes)?.i2s();
                 I2sWeights::from_codes(i2s.layout, i2s.codes.to_vec())
             }
         }

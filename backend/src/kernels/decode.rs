@@ -1,5 +1,6 @@
 //! Decode (one token): every layer's rows split across the pool in one call, from whichever
-//! packed rows decode reads ([`DecodeRows`]: I2_S, or the base-3 copy of [`crate::base3`]).
+//! packed rows decode reads ([`DecodeRows`]: I2_S, or the copy of [`crate::base3`] or
+//! [`crate::lut3`]).
 
 use std::cell::Cell;
 
@@ -9,9 +10,11 @@ use super::{Isa, SumLayout, dots, rows_per_task};
 use crate::i2s::{I2sView, TernaryLayout};
 use crate::quant::QuantizedActivations;
 
-/// Packed rows a decode task sums for one token: I2_S rows, or the base-3 copy of
-/// [`crate::base3`] weights.
+/// Packed rows a decode task sums for one token: I2_S rows, or the decode copy of
+/// [`crate::base3`] or [`crate::lut3`] weights.
 pub(crate) trait DecodeRows: Copy + Send + Sync {
+    /// Rows a task's first row is a multiple of (the copy's tile height).
+    const ROW_ALIGN: usize = 1;
     /// Shape, scale and conventions.
     fn layout(&self) -> TernaryLayout;
     /// `out[i] = sum_c code(r0 + i, c) * q[c]` for one padded token `q`, on `isa` (supported).
@@ -41,7 +44,8 @@ pub(crate) fn gemv_group<W: DecodeRows>(
     thread_local! {
         static ROW_SUMS: Cell<Vec<i32>> = const { Cell::new(Vec::new()) };
     }
-    let rows_per_task = rows_per_task(ws.iter().map(|w| w.layout().n).sum());
+    let rows_per_task =
+        rows_per_task(ws.iter().map(|w| w.layout().n).sum()).next_multiple_of(W::ROW_ALIGN);
     let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.layout().n]).collect();
     let mut tasks = Vec::new();
     for (w, y) in ws.iter().zip(&mut ys) {

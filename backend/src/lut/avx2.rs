@@ -83,7 +83,7 @@ unsafe fn tile_sums(tile: &[u8], tables: &[u8]) -> [i32; TILE_ROWS] {
 /// `ptr` points to at least 16 readable bytes.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn broadcast_16(ptr: *const u8) -> __m256i {
+pub(crate) unsafe fn broadcast_16(ptr: *const u8) -> __m256i {
     // SAFETY: the caller guarantees 16 readable bytes.
     unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(ptr.cast())) }
 }

@@ -14,7 +14,7 @@
 //! (see [`position_of_row`]). Rows past `n` hold the all-zero pattern.
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+pub(crate) mod avx2;
 mod scalar;
 
 use rayon::prelude::*;
@@ -39,7 +39,7 @@ fn pattern(w0: i8, w1: i8) -> u8 {
 /// Where row `r` of a tile sits among the tile's 32 index bytes: `vpunpck{l,h}bw` interleave
 /// 8-byte groups within 128-bit lanes, so the middle two groups are swapped at packing time and
 /// the unpacked i16 vectors come out in row order.
-fn position_of_row(r: usize) -> usize {
+pub(crate) fn position_of_row(r: usize) -> usize {
     match r / 8 {
         1 => r + 8,
         2 => r - 8,
