@@ -77,7 +77,7 @@ const FORMATS: [Format; 2] = [
                 .to_i2s()
                 .unwrap()
         },
-        value: |l, b, r, c| I2sLut3View::new(l, b).unwrap().lut3(&[], 0).value(r, c),
+        value: |l, b, r, c| I2sLut3View::new(l, b).unwrap().lut3().value(r, c),
         quantized: |isa, ws, x| i2s_lut3_linear_group_quantized(isa, &lut3_views(ws), x),
         floats: |isa, ws, x, m| i2s_lut3_linear_group(isa, &lut3_views(ws), x, m),
     },

@@ -229,31 +229,32 @@ impl<'a> I2sLut3View<'a> {
         }
     }
 
-    /// The LUT3 copy, against one token's tables ([`build_tables`]) and the sum of its
-    /// activations.
-    pub fn lut3(&self, tables: &'a [u8], activation_sum: i32) -> Lut3Rows<'a> {
+    /// The LUT3 copy.
+    pub fn lut3(&self) -> Lut3Tiles<'a> {
         let i2s_len = self.layout.packed_rows() * self.layout.k_padded() / 4;
-        Lut3Rows {
+        Lut3Tiles {
             layout: self.layout,
             tiles: &self.bytes[i2s_len..],
-            tables,
-            activation_sum,
         }
     }
 }
 
-/// The copy of an [`I2sLut3View`] with the tables of the token decode multiplies it by.
+/// The LUT3 copy of an [`I2sLut3View`]: what decode reads.
 #[derive(Debug, Clone, Copy)]
-pub struct Lut3Rows<'a> {
+pub struct Lut3Tiles<'a> {
     layout: TernaryLayout,
     tiles: &'a [u8],
-    tables: &'a [u8],
-    activation_sum: i32,
 }
 
-impl Lut3Rows<'_> {
+impl<'a> Lut3Tiles<'a> {
     fn tile_bytes(&self) -> usize {
         TILE_ROWS * lut3_row_bytes(self.layout.k)
+    }
+
+    /// The bytes of tile `i` (rows `32 i` to `32 i + 31`).
+    fn tile(&self, i: usize) -> &'a [u8] {
+        let tile_bytes = self.tile_bytes();
+        &self.tiles[i * tile_bytes..(i + 1) * tile_bytes]
     }
 
     /// The ternary value of row `r`, column `c`.
@@ -322,21 +323,29 @@ fn fill_table(a: [i8; 3], table: &mut [u8]) {
     }
 }
 
-impl DecodeRows for Lut3Rows<'_> {
+/// A copy with the tables of the one token decode multiplies it by, and that token's sum.
+#[derive(Debug, Clone, Copy)]
+struct TokenRows<'a> {
+    copy: Lut3Tiles<'a>,
+    tables: &'a [u8],
+    activation_sum: i32,
+}
+
+impl DecodeRows for TokenRows<'_> {
     const ROW_ALIGN: usize = TILE_ROWS;
 
     fn layout(&self) -> TernaryLayout {
-        self.layout
+        self.copy.layout
     }
 
     fn row_sums(&self, isa: Isa, r0: usize, q: &[i8], out: &mut [i32]) {
-        assert_eq!(q.len(), self.layout.k_padded(), "one padded token");
+        let layout = self.copy.layout;
+        assert_eq!(q.len(), layout.k_padded(), "one padded token");
         assert_eq!(r0 % TILE_ROWS, 0, "tasks start at whole tiles");
-        let tile_bytes = self.tile_bytes();
-        let octets = octets(self.layout.k);
+        let octets = octets(layout.k);
         assert_eq!(self.tables.len(), octets * OCTET_TRIPLES * TABLE_BYTES);
         for (i, out) in out.chunks_mut(TILE_ROWS).enumerate() {
-            let tile = &self.tiles[(r0 / TILE_ROWS + i) * tile_bytes..][..tile_bytes];
+            let tile = self.copy.tile(r0 / TILE_ROWS + i);
             let sums = match isa {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: the caller checked the CPU supports the path (AVX-512 machines have
@@ -374,7 +383,14 @@ pub fn i2s_lut3_linear_group_quantized(
     }
     let mut tables = Vec::new();
     build_tables(&x.q, x.k, &mut tables);
-    let rows: Vec<Lut3Rows<'_>> = ws.iter().map(|w| w.lut3(&tables, x.sums[0])).collect();
+    let rows: Vec<TokenRows<'_>> = ws
+        .iter()
+        .map(|w| TokenRows {
+            copy: w.lut3(),
+            tables: &tables,
+            activation_sum: x.sums[0],
+        })
+        .collect();
     Ok(gemv_group(isa, &rows, x))
 }
 
