@@ -11,6 +11,7 @@
 
 pub mod attention;
 pub mod base3;
+pub mod decode_copy;
 pub mod error;
 #[cfg(feature = "burn")]
 pub mod extension;

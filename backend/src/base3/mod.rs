@@ -23,12 +23,10 @@ mod scalar;
 
 use rayon::prelude::*;
 
-use crate::error::{Result, TernaryError};
-use crate::i2s::{
-    BLOCK, BLOCK_BYTES, I2sView, I2sWeights, PackedFormat, TernaryLayout, check_packed,
-};
-use crate::kernels::{DecodeRows, Isa, gemv_group, ternary_linear_group_quantized};
-use crate::quant::{ActivationSource, QuantizedActivations};
+use crate::decode_copy::{CopyView, CopyWeights, DecodeCopy};
+use crate::i2s::{BLOCK, BLOCK_BYTES, I2sWeights, PackedFormat, TernaryLayout};
+use crate::kernels::{DecodeRows, Isa, gemv_group};
+use crate::quant::QuantizedActivations;
 
 /// I2_S blocks per base-3 group.
 pub const GROUP_BLOCKS: usize = 5;
@@ -122,106 +120,48 @@ fn pack_row(i2s: &[u8], out: &mut [u8]) {
     tail.copy_from_slice(&i2s[groups * group_i2s..]);
 }
 
-/// Owned weights in the I2_S + base-3 format: all I2_S rows, then all base-3 rows.
-#[derive(Debug, Clone, PartialEq)]
-pub struct I2sBase3Weights {
-    layout: TernaryLayout,
-    bytes: Vec<u8>,
-}
+/// The base-3 copy, as a [`DecodeCopy`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Base3;
 
-impl I2sBase3Weights {
-    /// Adds the base-3 copy to I2_S weights.
-    pub fn from_i2s(weights: &I2sWeights) -> Self {
-        let layout = weights.layout().with_format(PackedFormat::I2sBase3);
-        let mut bytes = vec![0; layout.packed_len()];
-        let (i2s, base3) = bytes.split_at_mut(weights.codes().len());
-        i2s.copy_from_slice(weights.codes());
+impl DecodeCopy for Base3 {
+    const FORMAT: PackedFormat = PackedFormat::I2sBase3;
+    const WHAT: &'static str = "I2_S + base-3 weights";
+    const MISMATCH: &'static str =
+        "I2_S + base-3 weights (the base-3 copy differs from the I2_S codes)";
+
+    fn read_by(isa: Isa) -> bool {
+        reads_base3(isa)
+    }
+
+    fn decode(isa: Isa, ws: &[I2sBase3View<'_>], x: &QuantizedActivations) -> Vec<Vec<f32>> {
+        let rows: Vec<Base3Rows<'_>> = ws.iter().map(I2sBase3View::base3).collect();
+        gemv_group(isa, &rows, x)
+    }
+
+    fn pack(weights: &I2sWeights, layout: TernaryLayout, copy: &mut [u8]) {
         let (rb, base3_rb) = (weights.layout().row_bytes(), layout.decode_row_bytes());
         // On the pool: a 3B model has 3.2 G weights to repack at load time.
-        i2s.par_chunks_exact(rb)
-            .zip(base3.par_chunks_exact_mut(base3_rb))
+        weights
+            .codes()
+            .par_chunks_exact(rb)
+            .zip(copy.par_chunks_exact_mut(base3_rb))
             .for_each(|(row, out)| pack_row(row, out));
-        Self { layout, bytes }
-    }
-
-    /// Takes bytes in this format, checking their length and the I2_S codes, and that the
-    /// base-3 copy holds the same weights (it is rebuilt from the I2_S part and compared).
-    pub fn from_bytes(layout: TernaryLayout, bytes: Vec<u8>) -> Result<Self> {
-        let view = I2sBase3View::new(layout.with_format(PackedFormat::I2sBase3), &bytes)?;
-        let i2s = I2sWeights::from_codes(view.i2s().layout, view.i2s().codes.to_vec())?;
-        let rebuilt = Self::from_i2s(&i2s);
-        if let Some(index) = rebuilt.bytes.iter().zip(&bytes).position(|(a, b)| a != b) {
-            return Err(TernaryError::InvalidTernary {
-                what: "I2_S + base-3 weights (the base-3 copy differs from the I2_S codes)",
-                value: bytes[index] as i32,
-                index,
-            });
-        }
-        Ok(rebuilt)
-    }
-
-    /// The borrowed form the kernels read.
-    pub fn view(&self) -> I2sBase3View<'_> {
-        I2sBase3View {
-            layout: self.layout,
-            bytes: &self.bytes,
-        }
-    }
-
-    /// Shape, scale and conventions.
-    pub fn layout(&self) -> TernaryLayout {
-        self.layout
-    }
-
-    /// The packed bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
-    /// The layout and the packed bytes, without a copy.
-    pub fn into_parts(self) -> (TernaryLayout, Vec<u8>) {
-        (self.layout, self.bytes)
-    }
-
-    /// The I2_S weights alone.
-    pub fn to_i2s(&self) -> Result<I2sWeights> {
-        let i2s = self.view().i2s();
-        I2sWeights::from_codes(i2s.layout, i2s.codes.to_vec())
     }
 }
+
+/// Owned weights in the I2_S + base-3 format: all I2_S rows, then all base-3 rows.
+pub type I2sBase3Weights = CopyWeights<Base3>;
 
 /// Borrowed I2_S + base-3 weights (e.g. straight from a Burn tensor).
-#[derive(Debug, Clone, Copy)]
-pub struct I2sBase3View<'a> {
-    /// Shape, scale and conventions.
-    pub layout: TernaryLayout,
-    /// All I2_S rows, then all base-3 rows.
-    pub bytes: &'a [u8],
-}
+pub type I2sBase3View<'a> = CopyView<'a, Base3>;
 
 impl<'a> I2sBase3View<'a> {
-    /// Checks the format and the length.
-    pub fn new(layout: TernaryLayout, bytes: &'a [u8]) -> Result<Self> {
-        let what = "I2_S + base-3 weights";
-        check_packed(&layout, PackedFormat::I2sBase3, bytes.len(), what)?;
-        Ok(Self { layout, bytes })
-    }
-
-    /// The I2_S copy.
-    pub fn i2s(&self) -> I2sView<'a> {
-        let layout = self.layout.with_format(PackedFormat::I2s);
-        I2sView {
-            layout,
-            codes: &self.bytes[..layout.packed_len()],
-        }
-    }
-
     /// The base-3 copy.
     pub fn base3(&self) -> Base3Rows<'a> {
-        let i2s_len = self.layout.with_format(PackedFormat::I2s).packed_len();
         Base3Rows {
             layout: self.layout,
-            bytes: &self.bytes[i2s_len..],
+            bytes: self.copy_bytes(),
         }
     }
 }
@@ -279,33 +219,9 @@ pub fn reads_base3(isa: Isa) -> bool {
     matches!(isa, Isa::Scalar | Isa::Avx512Vnni)
 }
 
-/// The float outputs of several layers sharing the activations `x`, each `[m, n]`: one token
-/// from the base-3 copies, several from I2_S; bit for bit what the I2_S kernels give.
-pub fn i2s_base3_linear_group_quantized(
-    isa: Isa,
-    ws: &[I2sBase3View<'_>],
-    x: &QuantizedActivations,
-) -> Result<Vec<Vec<f32>>> {
-    let i2s: Vec<I2sView<'_>> = ws.iter().map(I2sBase3View::i2s).collect();
-    if x.m != 1 || !reads_base3(isa) {
-        return ternary_linear_group_quantized(isa, &i2s, x);
-    }
-    isa.check_supported()?;
-    for w in &i2s {
-        crate::kernels::check_activations(&w.layout, x)?;
-    }
-    let rows: Vec<Base3Rows<'_>> = ws.iter().map(I2sBase3View::base3).collect();
-    Ok(gemv_group(isa, &rows, x))
-}
+/// The float outputs of several layers sharing the activations, each `[m, n]`: one token from
+/// the base-3 copies, several from I2_S; bit for bit what the I2_S kernels give.
+pub use crate::decode_copy::copy_linear_group_quantized as i2s_base3_linear_group_quantized;
 
-/// Quantizes `x` (`[m, k]`, row-major) once and applies every layer of `ws` to it.
-pub fn i2s_base3_linear_group(
-    isa: Isa,
-    ws: &[I2sBase3View<'_>],
-    x: &[f32],
-    m: usize,
-) -> Result<Vec<Vec<f32>>> {
-    let layouts: Vec<TernaryLayout> = ws.iter().map(|w| w.layout).collect();
-    let xq = crate::kernels::quantize_for_group(&layouts, &ActivationSource::Plain(x), m)?;
-    i2s_base3_linear_group_quantized(isa, ws, &xq)
-}
+/// Quantizes `x` (`[m, k]`, row-major) once and applies every layer to it.
+pub use crate::decode_copy::copy_linear_group as i2s_base3_linear_group;

@@ -28,7 +28,7 @@ impl LutKernel for Avx2 {
 #[target_feature(enable = "avx2")]
 unsafe fn tile_sums(tile: &[u8], tables: &[u8]) -> [i32; TILE_ROWS] {
     let nibble = _mm256_set1_epi8(0x0f);
-    let mut wide = [_mm256_setzero_si256(); 4];
+    let mut wide = TileSums::new();
     for (block, block_tables) in tile
         .chunks_exact(COLUMNS_PER_FLUSH * TILE_ROWS)
         .zip(tables.chunks_exact(COLUMNS_PER_FLUSH * 2 * TABLE_BYTES))
@@ -62,19 +62,42 @@ unsafe fn tile_sums(tile: &[u8], tables: &[u8]) -> [i32; TILE_ROWS] {
                 rows_high = _mm256_add_epi16(rows_high, _mm256_unpackhi_epi8(low, high));
             }
         }
-        for (i, sums) in [rows_low, rows_high].into_iter().enumerate() {
+        wide.add_widened(rows_low, rows_high);
+    }
+    wide.rows()
+}
+
+/// The i32 sums of a tile's 32 rows, eight rows per vector, in row order.
+pub(crate) struct TileSums([__m256i; 4]);
+
+impl TileSums {
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn new() -> Self {
+        Self([_mm256_setzero_si256(); 4])
+    }
+
+    /// Adds i16 sums of rows 0-15 (`low`) and 16-31 (`high`), each in row order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn add_widened(&mut self, low: __m256i, high: __m256i) {
+        for (i, sums) in [low, high].into_iter().enumerate() {
             let lower = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(sums));
             let upper = _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(sums));
-            wide[2 * i] = _mm256_add_epi32(wide[2 * i], lower);
-            wide[2 * i + 1] = _mm256_add_epi32(wide[2 * i + 1], upper);
+            self.0[2 * i] = _mm256_add_epi32(self.0[2 * i], lower);
+            self.0[2 * i + 1] = _mm256_add_epi32(self.0[2 * i + 1], upper);
         }
     }
-    let mut out = [0i32; TILE_ROWS];
-    for (chunk, sums) in out.chunks_exact_mut(8).zip(wide) {
-        // SAFETY: `chunk` is 8 i32 = 32 writable bytes.
-        unsafe { _mm256_storeu_si256(chunk.as_mut_ptr().cast(), sums) };
+
+    /// The 32 sums.
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn rows(self) -> [i32; TILE_ROWS] {
+        let mut out = [0i32; TILE_ROWS];
+        for (chunk, sums) in out.chunks_exact_mut(8).zip(self.0) {
+            // SAFETY: `chunk` is 8 i32 = 32 writable bytes.
+            unsafe { _mm256_storeu_si256(chunk.as_mut_ptr().cast(), sums) };
+        }
+        out
     }
-    out
 }
 
 /// 16 bytes at `ptr` in both 128-bit lanes (`vpshufb` looks up within each lane).

@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 
 use super::{OCTET_ROW_BYTES, OCTET_TRIPLES, TABLE_BYTES, TILE_ROWS};
 use crate::kernels::prefetch_distance;
-use crate::lut::avx2::broadcast_16;
+use crate::lut::avx2::{TileSums, broadcast_16};
 
 /// Octets summed in i16 before widening to i32.
 const OCTETS_PER_FLUSH: usize = 8;
@@ -29,7 +29,7 @@ pub(super) unsafe fn tile_sums(tile: &[u8], tables: &[u8]) -> [i32; TILE_ROWS] {
     let one = _mm256_set1_epi8(1);
     let join = _mm256_set1_epi16(0x3f01);
     let ahead = prefetch_distance(octet_bytes);
-    let mut wide = [_mm256_setzero_si256(); 4];
+    let mut wide = TileSums::new();
     let mut octet = 0;
     while octet < octets {
         let run_end = (octet + OCTETS_PER_FLUSH).min(octets);
@@ -90,19 +90,9 @@ pub(super) unsafe fn tile_sums(tile: &[u8], tables: &[u8]) -> [i32; TILE_ROWS] {
             }
             octet += 1;
         }
-        for (i, sums) in [rows_low, rows_high].into_iter().enumerate() {
-            let lower = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(sums));
-            let upper = _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(sums));
-            wide[2 * i] = _mm256_add_epi32(wide[2 * i], lower);
-            wide[2 * i + 1] = _mm256_add_epi32(wide[2 * i + 1], upper);
-        }
+        wide.add_widened(rows_low, rows_high);
     }
-    let mut out = [0i32; TILE_ROWS];
-    for (chunk, sums) in out.chunks_exact_mut(8).zip(wide) {
-        // SAFETY: `chunk` is 8 i32 = 32 writable bytes.
-        unsafe { _mm256_storeu_si256(chunk.as_mut_ptr().cast(), sums) };
-    }
-    out
+    wide.rows()
 }
 
 /// `signs` shifted left by `7 - j` bits in each 16-bit lane (`j` in 1..=7): bit `j` of every

@@ -26,13 +26,11 @@ mod scalar;
 
 use rayon::prelude::*;
 
-use crate::error::{Result, TernaryError};
-use crate::i2s::{
-    BLOCK, BLOCK_BYTES, I2sView, I2sWeights, PackedFormat, TernaryLayout, check_packed,
-};
-use crate::kernels::{DecodeRows, Isa, gemv_group, ternary_linear_group_quantized};
+use crate::decode_copy::{CopyView, CopyWeights, DecodeCopy};
+use crate::i2s::{BLOCK, BLOCK_BYTES, I2sWeights, PackedFormat, TernaryLayout};
+use crate::kernels::{DecodeRows, Isa, gemv_group};
 pub(crate) use crate::lut::{TILE_ROWS, position_of_row};
-use crate::quant::{ActivationSource, QuantizedActivations};
+use crate::quant::QuantizedActivations;
 
 /// Column triples per octet: one sign byte per row.
 pub const OCTET_TRIPLES: usize = 8;
@@ -123,118 +121,59 @@ fn pack_tile(rows: &[u8], rb: usize, k: usize, out: &mut [u8]) {
     }
 }
 
-/// Owned weights in the I2_S + LUT3 format: all I2_S rows (the rows of the last tile's padding
-/// included, as zeros), then the copy's tiles.
-#[derive(Debug, Clone, PartialEq)]
-pub struct I2sLut3Weights {
-    layout: TernaryLayout,
-    bytes: Vec<u8>,
-}
+/// The LUT3 copy, as a [`DecodeCopy`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lut3;
 
-impl I2sLut3Weights {
-    /// Adds the LUT3 copy to I2_S weights.
-    pub fn from_i2s(weights: &I2sWeights) -> Self {
-        let layout = weights.layout().with_format(PackedFormat::I2sLut3);
-        let mut bytes = vec![0; layout.packed_len()];
-        let i2s_len = layout.packed_rows() * weights.layout().row_bytes();
-        let (i2s, copy) = bytes.split_at_mut(i2s_len);
-        // Padding rows hold zero weights (code 1 in every field).
-        i2s.fill(0x55);
-        i2s[..weights.codes().len()].copy_from_slice(weights.codes());
-        let (rb, k) = (weights.layout().row_bytes(), layout.k);
-        let tile_bytes = TILE_ROWS * lut3_row_bytes(k);
+impl DecodeCopy for Lut3 {
+    const FORMAT: PackedFormat = PackedFormat::I2sLut3;
+    const WHAT: &'static str = "I2_S + LUT3 weights";
+    const MISMATCH: &'static str =
+        "I2_S + LUT3 weights (the LUT3 copy or padding differs from the I2_S codes)";
+
+    fn read_by(isa: Isa) -> bool {
+        reads_lut3(isa)
+    }
+
+    fn decode(isa: Isa, ws: &[I2sLut3View<'_>], x: &QuantizedActivations) -> Vec<Vec<f32>> {
+        let mut tables = Vec::new();
+        build_tables(&x.q, x.k, &mut tables);
+        let rows: Vec<TokenRows<'_>> = ws
+            .iter()
+            .map(|w| TokenRows {
+                copy: w.lut3(),
+                tables: &tables,
+                activation_sum: x.sums[0],
+            })
+            .collect();
+        gemv_group(isa, &rows, x)
+    }
+
+    fn pack(weights: &I2sWeights, layout: TernaryLayout, copy: &mut [u8]) {
+        let (codes, rb, k) = (weights.codes(), weights.layout().row_bytes(), layout.k);
         // On the pool: a 3B model has 3.2 G weights to repack at load time.
-        copy.par_chunks_exact_mut(tile_bytes)
+        copy.par_chunks_exact_mut(TILE_ROWS * lut3_row_bytes(k))
             .enumerate()
             .for_each(|(tile, out)| {
-                let rows = &weights.codes()[(tile * TILE_ROWS * rb).min(weights.codes().len())..];
+                let rows = &codes[(tile * TILE_ROWS * rb).min(codes.len())..];
                 pack_tile(rows, rb, k, out);
             });
-        Self { layout, bytes }
-    }
-
-    /// Takes bytes in this format, checking their length and the I2_S codes, and that the
-    /// copy holds the same weights (it is rebuilt from the I2_S part and compared).
-    pub fn from_bytes(layout: TernaryLayout, bytes: Vec<u8>) -> Result<Self> {
-        let view = I2sLut3View::new(layout.with_format(PackedFormat::I2sLut3), &bytes)?;
-        let i2s = I2sWeights::from_codes(view.i2s().layout, view.i2s().codes.to_vec())?;
-        let rebuilt = Self::from_i2s(&i2s);
-        if let Some(index) = rebuilt.bytes.iter().zip(&bytes).position(|(a, b)| a != b) {
-            return Err(TernaryError::InvalidTernary {
-                what: "I2_S + LUT3 weights (the LUT3 copy or padding differs from the I2_S codes)",
-                value: bytes[index] as i32,
-                index,
-            });
-        }
-        Ok(rebuilt)
-    }
-
-    /// The borrowed form the kernels read.
-    pub fn view(&self) -> I2sLut3View<'_> {
-        I2sLut3View {
-            layout: self.layout,
-            bytes: &self.bytes,
-        }
-    }
-
-    /// Shape, scale and conventions.
-    pub fn layout(&self) -> TernaryLayout {
-        self.layout
-    }
-
-    /// The packed bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
-    /// The layout and the packed bytes, without a copy.
-    pub fn into_parts(self) -> (TernaryLayout, Vec<u8>) {
-        (self.layout, self.bytes)
-    }
-
-    /// The I2_S weights alone.
-    pub fn to_i2s(&self) -> Result<I2sWeights> {
-        let i2s = self.view().i2s();
-        I2sWeights::from_codes(i2s.layout, i2s.codes.to_vec())
     }
 }
+
+/// Owned weights in the I2_S + LUT3 format: all I2_S rows (the rows of the last tile's padding
+/// included, as zeros), then the copy's tiles.
+pub type I2sLut3Weights = CopyWeights<Lut3>;
 
 /// Borrowed I2_S + LUT3 weights (e.g. straight from a Burn tensor).
-#[derive(Debug, Clone, Copy)]
-pub struct I2sLut3View<'a> {
-    /// Shape, scale and conventions.
-    pub layout: TernaryLayout,
-    /// The I2_S rows (padded to whole tiles), then the copy's tiles.
-    pub bytes: &'a [u8],
-}
+pub type I2sLut3View<'a> = CopyView<'a, Lut3>;
 
 impl<'a> I2sLut3View<'a> {
-    /// Checks the format and the length.
-    pub fn new(layout: TernaryLayout, bytes: &'a [u8]) -> Result<Self> {
-        check_packed(
-            &layout,
-            PackedFormat::I2sLut3,
-            bytes.len(),
-            "I2_S + LUT3 weights",
-        )?;
-        Ok(Self { layout, bytes })
-    }
-
-    /// The I2_S copy.
-    pub fn i2s(&self) -> I2sView<'a> {
-        let layout = self.layout.with_format(PackedFormat::I2s);
-        I2sView {
-            layout,
-            codes: &self.bytes[..layout.packed_len()],
-        }
-    }
-
     /// The LUT3 copy.
     pub fn lut3(&self) -> Lut3Tiles<'a> {
-        let i2s_len = self.layout.packed_rows() * self.layout.k_padded() / 4;
         Lut3Tiles {
             layout: self.layout,
-            tiles: &self.bytes[i2s_len..],
+            tiles: self.copy_bytes(),
         }
     }
 }
@@ -366,45 +305,12 @@ pub fn reads_lut3(isa: Isa) -> bool {
     matches!(isa, Isa::Scalar | Isa::Avx2 | Isa::Avx512Vnni)
 }
 
-/// The float outputs of several layers sharing the activations `x`, each `[m, n]`: one token
-/// from the LUT3 copies, several from I2_S; bit for bit what the I2_S kernels give.
-pub fn i2s_lut3_linear_group_quantized(
-    isa: Isa,
-    ws: &[I2sLut3View<'_>],
-    x: &QuantizedActivations,
-) -> Result<Vec<Vec<f32>>> {
-    let i2s: Vec<I2sView<'_>> = ws.iter().map(I2sLut3View::i2s).collect();
-    if x.m != 1 || !reads_lut3(isa) {
-        return ternary_linear_group_quantized(isa, &i2s, x);
-    }
-    isa.check_supported()?;
-    for w in &i2s {
-        crate::kernels::check_activations(&w.layout, x)?;
-    }
-    let mut tables = Vec::new();
-    build_tables(&x.q, x.k, &mut tables);
-    let rows: Vec<TokenRows<'_>> = ws
-        .iter()
-        .map(|w| TokenRows {
-            copy: w.lut3(),
-            tables: &tables,
-            activation_sum: x.sums[0],
-        })
-        .collect();
-    Ok(gemv_group(isa, &rows, x))
-}
+/// The float outputs of several layers sharing the activations, each `[m, n]`: one token from
+/// the LUT3 copies, several from I2_S; bit for bit what the I2_S kernels give.
+pub use crate::decode_copy::copy_linear_group_quantized as i2s_lut3_linear_group_quantized;
 
-/// Quantizes `x` (`[m, k]`, row-major) once and applies every layer of `ws` to it.
-pub fn i2s_lut3_linear_group(
-    isa: Isa,
-    ws: &[I2sLut3View<'_>],
-    x: &[f32],
-    m: usize,
-) -> Result<Vec<Vec<f32>>> {
-    let layouts: Vec<TernaryLayout> = ws.iter().map(|w| w.layout).collect();
-    let xq = crate::kernels::quantize_for_group(&layouts, &ActivationSource::Plain(x), m)?;
-    i2s_lut3_linear_group_quantized(isa, ws, &xq)
-}
+/// Quantizes `x` (`[m, k]`, row-major) once and applies every layer to it.
+pub use crate::decode_copy::copy_linear_group as i2s_lut3_linear_group;
 
 #[cfg(test)]
 mod tests {
