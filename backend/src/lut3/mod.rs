@@ -16,9 +16,10 @@
 //!
 //! Layout of the copy: rows in tiles of [`TILE_ROWS`] (the last one padded with zero rows),
 //! columns in octets of eight triples (24 columns, `k` rounded up to whole octets; columns past
-//! the activations count as zeros). Per tile and octet, five 32-byte vectors: four of indices (byte of row `r` holds triple `2i`
-//! in its low nibble and `2i + 1` in its high nibble) and one of signs (bit `j` of row `r`'s byte
-//! is triple `j`'s), each row at [`position_of_row`] as the LUT kernel places it.
+//! the activations count as zeros). Per tile and octet, five 32-byte vectors: four of indices
+//! (row `r`'s byte of vector `i` holds triple `2i` in its low nibble and `2i + 1` in its high
+//! nibble) and one of signs (bit `j` of row `r`'s byte is triple `j`'s), each row at
+//! [`position_of_row`] as the LUT kernel places it.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -68,6 +69,15 @@ const fn decode(index: u8) -> [i8; 3] {
 pub fn split(v: i16) -> (i8, i8) {
     let h = (v + 31).div_euclid(HIGH_WEIGHT);
     ((v - HIGH_WEIGHT * h) as i8, h as i8)
+}
+
+/// [`split`] without a division, so that the table loop vectorizes: `floor((v + 31) / 63)` as
+/// `floor((v + 409) / 63) - 6` on `25..=793`, where multiplying by `ceil(2^16 / 63)` and shifting
+/// is exact (a unit test checks every `|v| <= 384`).
+#[inline(always)]
+fn split_by_multiplying(v: i16) -> (i16, i16) {
+    let h = (((v + 409) as u32 * 1041) >> 16) as i16 - 6;
+    (v - HIGH_WEIGHT * h, h)
 }
 
 /// Octets of a row of `k` weights (I2_S's padding to whole blocks is not stored again).
@@ -254,10 +264,8 @@ fn fill_table(a: [i8; 3], table: &mut [u8]) {
     let (low, high) = table.split_at_mut(16);
     for i in 0..16 {
         let v = (0..3).fold(0i16, |v, j| v + TABLE_WEIGHTS[j][i] * a[j] as i16);
-        // floor((v + 31) / 63) as floor((v + 409) / 63) - 6 on 25..=793, where the multiply by
-        // ceil(2^16 / 63) and shift is exact (checked for every sum by a unit test).
-        let h = (((v + 409) as u32 * 1041) >> 16) as i16 - 6;
-        low[i] = (v - HIGH_WEIGHT * h) as u8;
+        let (l, h) = split_by_multiplying(v);
+        low[i] = l as u8;
         high[i] = h as u8;
     }
 }
@@ -334,6 +342,7 @@ mod tests {
             let (l, h) = split(v);
             assert!(l.abs() <= 31 && h.abs() <= 6, "{v}");
             assert_eq!(l as i16 + HIGH_WEIGHT * h as i16, v);
+            assert_eq!(split_by_multiplying(v), (l as i16, h as i16), "{v}");
         }
     }
 
