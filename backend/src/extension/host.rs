@@ -12,7 +12,8 @@ use half::f16;
 
 use super::TernaryOps;
 use crate::attention::{self, AttentionShape};
-use crate::base3::{I2sBase3View, i2s_base3_linear_group_quantized};
+use crate::base3::{Base3, I2sBase3View};
+use crate::decode_copy::{CopyView, DecodeCopy, copy_linear_group_quantized};
 use crate::error::Result;
 use crate::glu::FfnActivation;
 use crate::i2s::{I2sView, PackedFormat, TernaryLayout};
@@ -21,8 +22,8 @@ use crate::kernels::{
 };
 use crate::kv::CacheValue;
 use crate::lut::{LutView, lut_linear_quantized};
-use crate::lut3::{I2sLut3View, i2s_lut3_linear_group_quantized};
-use crate::quant::{ActivationSource, NormWeight};
+use crate::lut3::{I2sLut3View, Lut3};
+use crate::quant::{ActivationSource, NormWeight, QuantizedActivations};
 use crate::rows::{Axes, Rows};
 use crate::{kv, norm, rope};
 
@@ -45,11 +46,9 @@ fn group_on_host<const N: usize>(
         let views = views(&codes, layouts, I2sView::new).expect(CHECKED);
         quantize(layouts).and_then(|xq| ternary_linear_group_quantized(isa, &views, &xq))
     } else if formats(PackedFormat::I2sBase3) {
-        let views = views(&codes, layouts, I2sBase3View::new).expect(CHECKED);
-        quantize(layouts).and_then(|xq| i2s_base3_linear_group_quantized(isa, &views, &xq))
+        quantize(layouts).and_then(|xq| copy_group::<Base3>(isa, &codes, layouts, &xq))
     } else if formats(PackedFormat::I2sLut3) {
-        let views = views(&codes, layouts, I2sLut3View::new).expect(CHECKED);
-        quantize(layouts).and_then(|xq| i2s_lut3_linear_group_quantized(isa, &views, &xq))
+        quantize(layouts).and_then(|xq| copy_group::<Lut3>(isa, &codes, layouts, &xq))
     } else {
         codes
             .iter()
@@ -59,12 +58,14 @@ fn group_on_host<const N: usize>(
                 match layout.format {
                     PackedFormat::I2s => I2sView::new(*layout, codes)
                         .and_then(|w| ternary_linear_quantized(isa, w, &xq)),
-                    PackedFormat::I2sBase3 => I2sBase3View::new(*layout, codes)
-                        .and_then(|w| i2s_base3_linear_group_quantized(isa, &[w], &xq))
-                        .map(|mut ys| ys.swap_remove(0)),
-                    PackedFormat::I2sLut3 => I2sLut3View::new(*layout, codes)
-                        .and_then(|w| i2s_lut3_linear_group_quantized(isa, &[w], &xq))
-                        .map(|mut ys| ys.swap_remove(0)),
+                    PackedFormat::I2sBase3 => {
+                        copy_group::<Base3>(isa, &[codes], std::slice::from_ref(layout), &xq)
+                            .map(|mut ys| ys.swap_remove(0))
+                    }
+                    PackedFormat::I2sLut3 => {
+                        copy_group::<Lut3>(isa, &[codes], std::slice::from_ref(layout), &xq)
+                            .map(|mut ys| ys.swap_remove(0))
+                    }
                     PackedFormat::Lut => {
                         LutView::new(*layout, codes).and_then(|w| lut_linear_quantized(isa, w, &xq))
                     }
@@ -79,6 +80,17 @@ fn group_on_host<const N: usize>(
         shape[last] = layouts[i].n;
         TensorData::new(outputs.next().expect("one output per layer"), shape)
     })
+}
+
+/// Layers in one I2_S + decode-copy format applied to the activations `xq`.
+fn copy_group<C: DecodeCopy>(
+    isa: Isa,
+    codes: &[&[u8]],
+    layouts: &[TernaryLayout],
+    xq: &QuantizedActivations,
+) -> Result<Vec<Vec<f32>>> {
+    let views = views(codes, layouts, CopyView::<C>::new)?;
+    copy_linear_group_quantized(isa, &views, xq)
 }
 
 /// Every layer's view in one format, for one parallel call over all of them.
