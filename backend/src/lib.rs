@@ -9,6 +9,7 @@
 //! Lossless means: the int32 accumulators equal the exact `sum(q * w)` of the int8 activations
 //! and ternary weights, and the float output follows the reference formula bit for bit.
 
+pub mod aligned;
 pub mod attention;
 pub mod base3;
 pub mod decode_copy;

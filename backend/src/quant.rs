@@ -11,6 +11,7 @@ use std::cell::Cell;
 
 use rayon::prelude::*;
 
+use crate::aligned::AlignedBytes;
 use crate::error::{Result, TernaryError};
 use crate::glu::FfnActivation;
 use crate::norm::rms_norm_row;
@@ -53,8 +54,8 @@ pub struct QuantizedActivations {
     pub k: usize,
     /// Columns per row in `q`, a multiple of the kernel block.
     pub k_padded: usize,
-    /// int8 values, `[m, k_padded]`.
-    pub q: Vec<i8>,
+    /// int8 values, `[m, k_padded]`, starting on a cache line (as the kernels load them).
+    pub q: AlignedBytes<i8>,
     /// Per-row scales `127 / amax`, `[m]`.
     pub scales: Vec<f32>,
     /// Per-row sums of `q`, `[m]` (the I2_S kernels subtract them to undo the `+1` code offset).
@@ -89,7 +90,7 @@ impl QuantizedActivations {
             m,
             k,
             k_padded,
-            q: vec![0; m * k_padded],
+            q: AlignedBytes::zeroed(m * k_padded),
             ..Self::default()
         };
         if k == 0 {

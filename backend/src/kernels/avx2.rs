@@ -1,8 +1,8 @@
 //! AVX2 path: `vpmaddubsw` multiplies the unsigned 2-bit codes by the signed int8 activations.
 //!
-//! `maddubs` adds two products per i16 lane; with codes <= 2 and |q| <= 128 a lane holds at most
-//! 512 in magnitude, so i16 sums are widened to i32 (`vpmaddwd` by ones) every 16384 / 512 = 32
-//! lanes-worth of products, never later.
+//! `maddubs` adds two products per i16 lane; with codes <= 2 and q in -128..=127 a lane lies in
+//! -512..=508, so 64 of them sum to -32768..=32512, which i16 holds: i16 sums are widened to i32
+//! (`vpmaddwd` by ones) every 64 lanes-worth of products, never later.
 
 use std::arch::x86_64::*;
 
@@ -17,8 +17,9 @@ pub(super) struct Avx2;
 /// block: eight blocks reach -32768 (every code 2, every q -128), which i16 still holds, and
 /// +32512 at most (q <= 127).
 const GEMV_BLOCKS_PER_FLUSH: usize = 8;
-/// 32-byte chunks summed in i16 before widening on unpacked codes (one maddubs each).
-const CHUNKS_PER_FLUSH: usize = 32;
+/// 32-byte chunks summed in i16 before widening on unpacked codes (one maddubs each): the most
+/// that cannot overflow (module docs), so the 700M layout's 48 chunks per row flush once.
+const CHUNKS_PER_FLUSH: usize = 64;
 
 impl DecodingKernel for Avx2 {
     unsafe fn gemv(codes: &[u8], row_bytes: usize, q: &[i8], out: &mut [i32]) {

@@ -42,6 +42,7 @@ use std::cell::{Cell, RefCell};
 
 use rayon::prelude::*;
 
+use crate::aligned::AlignedBytes;
 use crate::error::{Result, TernaryError};
 use crate::i2s::{BLOCK, BLOCK_BYTES, I2sView, TernaryLayout};
 use crate::quant::{ActivationSource, QuantizedActivations};
@@ -516,11 +517,11 @@ unsafe fn decoded_dots<K: DecodingKernel>(
         return;
     }
     thread_local! {
-        static DECODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        static DECODED: RefCell<AlignedBytes<u8>> = RefCell::new(AlignedBytes::default());
     }
     let token_block = (TOKEN_BLOCK_BYTES / kp / TOKEN_TILE).max(1) * TOKEN_TILE;
     DECODED.with_borrow_mut(|decoded| {
-        decoded.resize(DECODED_ROWS * kp, 0);
+        decoded.resize(DECODED_ROWS * kp);
         for (i, block) in codes.chunks(DECODED_ROWS * rb).enumerate() {
             for (row, dst) in block.chunks_exact(rb).zip(decoded.chunks_exact_mut(kp)) {
                 // SAFETY: CPU support guaranteed by the caller; `dst` is 4 bytes per packed byte.
