@@ -17,9 +17,7 @@ use std::time::Duration;
 
 use bitnet_backend::attention::{AttentionShape, cached_attention};
 use bitnet_backend::base3::{i2s_base3_linear_group_quantized, reads_base3};
-use bitnet_backend::kernels::{
-    ROOFLINE_PRODUCTS_PER_STEP, ternary_linear_quantized, vpdpbusd_roofline,
-};
+use bitnet_backend::kernels::{multiply_roofline, roofline_of, ternary_linear_quantized};
 use bitnet_backend::lut::lut_linear_quantized;
 use bitnet_backend::lut3::i2s_lut3_linear_group_quantized;
 use bitnet_backend::{
@@ -428,23 +426,26 @@ fn attention(c: &mut Criterion) {
     group.finish();
 }
 
-/// The `vpdpbusd` peak of one core (sixteen independent chains on registers), in products per
-/// second like `gemm128`: what the prefill kernel's rate is a fraction of.
+/// The multiply peak of one core on each supported path with a roofline (sixteen independent
+/// chains on registers: `vpdpbusd` on AVX-512, `vpmaddubsw` + `vpaddw` on AVX2), in products
+/// per second like `gemm128`: what the prefill kernel's rate is a fraction of.
 fn roofline(c: &mut Criterion) {
     const STEPS: usize = 1 << 16;
-    if vpdpbusd_roofline(1).is_none() {
-        return;
-    }
     let mut group = c.benchmark_group("roofline");
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(2));
-    group.throughput(Throughput::Elements(
-        (STEPS * ROOFLINE_PRODUCTS_PER_STEP) as u64,
-    ));
-    group.bench_function("avx512/vpdpbusd", |b| {
-        b.iter(|| vpdpbusd_roofline(black_box(STEPS)))
-    });
+    for isa in Isa::supported() {
+        let Some(roofline) = roofline_of(isa) else {
+            continue;
+        };
+        group.throughput(Throughput::Elements(
+            (STEPS * roofline.products_per_step) as u64,
+        ));
+        group.bench_function(format!("{isa}/{}", roofline.instruction), |b| {
+            b.iter(|| multiply_roofline(isa, black_box(STEPS)))
+        });
+    }
     group.finish();
 }
 

@@ -41,6 +41,39 @@ impl DecodingKernel for Avx2 {
     }
 }
 
+/// The prefill kernel's inner loop with its data in L1: `steps` times, two code vectors against
+/// four activation vectors, each product pair `vpmaddubsw` + `vpaddw` into one of eight i16
+/// accumulators (32 products per pair; lanes wrap on long runs). Both arrays pass through
+/// `black_box`, the activations every step, so no multiply can be hoisted out of the loop or
+/// shared between chains; the compiler loads all six vectors every step from the same lines,
+/// as the kernel loads a chunk's. Returns the sum of the lanes.
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn maddubs_chains(steps: usize, codes: i8, x: i8) -> i32 {
+    // Hidden too, or the compiler, seeing two equal vectors, multiplies once for both.
+    let codes = std::hint::black_box([_mm256_set1_epi8(codes); 2]);
+    let activations = [_mm256_set1_epi8(x); 4];
+    let mut acc = [[_mm256_setzero_si256(); 4]; 2];
+    for _ in 0..steps {
+        let activations = std::hint::black_box(&activations);
+        for (t, &x) in activations.iter().enumerate() {
+            for (acc, &codes) in acc.iter_mut().zip(&codes) {
+                acc[t] = _mm256_add_epi16(acc[t], _mm256_maddubs_epi16(codes, x));
+            }
+        }
+    }
+    let ones = _mm256_set1_epi16(1);
+    let total = acc
+        .iter()
+        .flatten()
+        .fold(_mm256_setzero_si256(), |total, &acc| {
+            _mm256_add_epi32(total, _mm256_madd_epi16(acc, ones))
+        });
+    hsum_i32(total)
+}
+
 /// Runs a float loop compiled with AVX2 (see [`crate::vectorize`]).
 #[target_feature(enable = "avx2,fma")]
 pub(crate) fn float_loop<L: FloatLoop>(body: L) -> L::Output {

@@ -200,22 +200,52 @@ pub(crate) fn widen_halves(isa: Isa, src: &[u16], dst: &mut [f32]) {
     }
 }
 
-/// Independent `vpdpbusd` chains in [`vpdpbusd_roofline`]: enough to hide its latency.
+/// Independent `vpdpbusd` chains in [`multiply_roofline`]: enough to hide its latency.
 const ROOFLINE_CHAINS: usize = 16;
-/// Products per step of [`vpdpbusd_roofline`]: every chain's 64.
-pub const ROOFLINE_PRODUCTS_PER_STEP: usize = ROOFLINE_CHAINS * 64;
 
-/// Runs `steps` x 16 independent register-only `vpdpbusd` (AVX-512 VNNI) and returns a sum
-/// of their lanes, or `None` on a CPU without it: the peak the ternary kernels are measured
-/// against (`cargo bench --bench kernels -- roofline`).
-pub fn vpdpbusd_roofline(steps: usize) -> Option<i32> {
-    #[cfg(target_arch = "x86_64")]
-    if Isa::Avx512Vnni.is_supported() {
-        // SAFETY: checked just before that the CPU has AVX-512 VNNI.
-        return Some(unsafe { avx512::vpdpbusd_chains(steps, 1, 2) });
+/// What [`multiply_roofline`] runs on a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roofline {
+    /// The multiply of the path's prefill kernel.
+    pub instruction: &'static str,
+    /// Products per step: every chain's instruction (sixteen `vpdpbusd` of 64; eight
+    /// `vpmaddubsw` of 32).
+    pub products_per_step: usize,
+}
+
+/// The roofline of `isa`'s prefill kernel, or `None` for a path without one.
+pub fn roofline_of(isa: Isa) -> Option<Roofline> {
+    let (instruction, products_per_step) = match isa {
+        Isa::Avx512Vnni => ("vpdpbusd", ROOFLINE_CHAINS * 64),
+        Isa::Avx2 => ("vpmaddubsw", 8 * 32),
+        Isa::Scalar | Isa::Neon => return None,
+    };
+    Some(Roofline {
+        instruction,
+        products_per_step,
+    })
+}
+
+/// Runs `steps` rounds of independent multiplies of `isa`'s prefill kernel (AVX-512: sixteen
+/// `vpdpbusd` on registers; AVX2: the inner loop's eight `vpmaddubsw` + `vpaddw` pairs and six
+/// loads, from L1) and returns a sum of their lanes, or `None` for a path without a
+/// roofline or a CPU without the path: the peak the ternary kernels are measured against
+/// (`cargo bench --bench kernels -- roofline`).
+pub fn multiply_roofline(isa: Isa, steps: usize) -> Option<i32> {
+    if !isa.is_supported() {
+        return None;
     }
+    #[cfg(not(target_arch = "x86_64"))]
     let _ = steps;
-    None
+    match isa {
+        // SAFETY: checked just before that the CPU has the instruction set.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => Some(unsafe { avx512::vpdpbusd_chains(steps, 1, 2) }),
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Some(unsafe { avx2::maddubs_chains(steps, 1, 2) }),
+        _ => None,
+    }
 }
 
 /// Exact accumulators `acc[t][r] = sum_c q[t][c] * w[r][c]`, row-major `[m, n]`, on the calling

@@ -41,11 +41,18 @@ fn rows_split_across_tasks_give_the_sums_stored_by_token() {
 }
 
 #[test]
-fn the_roofline_loop_runs_every_product() {
-    // 16 chains x 16 lanes x 4 products of 1 x 2 per step; None only without AVX-512 VNNI.
-    match vpdpbusd_roofline(3) {
-        Some(sum) => assert_eq!(sum as usize, 3 * ROOFLINE_PRODUCTS_PER_STEP * 2),
-        None => assert!(!Isa::Avx512Vnni.is_supported()),
+fn the_roofline_loops_run_every_product() {
+    // 16 chains of products of 1 x 2 per step; None only where the path has no roofline or
+    // the CPU lacks it.
+    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni] {
+        match (
+            multiply_roofline(isa, 3),
+            roofline_of(isa).map(|r| r.products_per_step),
+        ) {
+            (Some(sum), Some(products)) => assert_eq!(sum as usize, 3 * products * 2, "{isa}"),
+            (None, products) => assert!(products.is_none() || !isa.is_supported(), "{isa}"),
+            (Some(_), None) => panic!("{isa}: a roofline without a product count"),
+        }
     }
 }
 
