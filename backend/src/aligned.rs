@@ -3,7 +3,8 @@
 //! The prefill kernels load 32 (AVX2) or 64 (AVX-512) bytes at a time from the activations and
 //! from unpacked codes. A `Vec<i8>` of that size starts 16 bytes into a cache line (the
 //! allocator's alignment), so every other 32-byte load, and every 64-byte one, spans two lines
-//! and costs two: on the Zen 3 VM the AVX2 prefill kernel ran about 7% slower from such buffers.
+//! and costs two: on the Zen 3 VM the AVX2 prefill kernel ran about 6% slower from such buffers
+//! (`benches/README.md`, twenty-fifth session).
 
 use std::fmt;
 use std::marker::PhantomData;

@@ -42,8 +42,8 @@ fn rows_split_across_tasks_give_the_sums_stored_by_token() {
 
 #[test]
 fn the_roofline_loops_run_every_product() {
-    // 16 chains of products of 1 x 2 per step; None only where the path has no roofline or
-    // the CPU lacks it.
+    // Every product is 1 x 2, so the lanes sum to twice the products; None only where the
+    // path has no roofline or the CPU lacks it.
     for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni] {
         match (
             multiply_roofline(isa, 3),
