@@ -426,9 +426,10 @@ fn attention(c: &mut Criterion) {
     group.finish();
 }
 
-/// The multiply peak of one core on each supported path with a roofline (sixteen independent
-/// chains on registers: `vpdpbusd` on AVX-512, `vpmaddubsw` + `vpaddw` on AVX2), in products
-/// per second like `gemm128`: what the prefill kernel's rate is a fraction of.
+/// The multiply peak of one core on each supported path with a roofline (AVX-512: sixteen
+/// independent `vpdpbusd` chains on registers; AVX2: the prefill loop's eight `vpmaddubsw` +
+/// `vpaddw` pairs per six loads from L1), in products per second like `gemm128`: what the
+/// prefill kernel's rate is a fraction of.
 fn roofline(c: &mut Criterion) {
     const STEPS: usize = 1 << 16;
     let mut group = c.benchmark_group("roofline");
