@@ -354,8 +354,8 @@ fn softmax(scores: &mut [f32]) {
     }
 }
 
-/// Columns a pass of [`column_scores`] and [`weighted_sum`] keeps in registers per query row:
-/// four vectors of sixteen, four independent chains of additions.
+/// Columns a pass of [`column_scores`] and [`weighted_sum`] keeps in registers for a single
+/// query row: four vectors of sixteen, four independent chains of additions.
 const PASS: usize = 64;
 /// Columns a pass of [`weighted_sum`] keeps in registers for a single query row (decode).
 const DECODE_PASS: usize = 96;
@@ -370,9 +370,10 @@ const BLOCK_ROWS: usize = 4;
 
 /// `scores[r][p] = (sum_c queries[r][c] * kt[c][p]) * scale` for the `R` rows of `queries` and
 /// `p < end` (a multiple of [`TAIL_PASS`]; `kt` is `[dim, stride]`, `stride` a multiple of
-/// [`PASS`]), each sum in order of `c`: the path's kernel ([`block_scores`]), or sixty-four
-/// positions per pass, then sixteen, scaled as each pass stores its sums. The rows' buffers
-/// only grow: every position below `end` is written.
+/// [`PASS`]), each sum in order of `c`: the path's kernel ([`block_scores`]), or for a single
+/// row sixty-four positions per pass, then sixteen, and for a block of rows sixteen per pass,
+/// scaled as each pass stores its sums. The rows' buffers only grow: every position below `end`
+/// is written.
 #[inline(always)]
 fn column_scores<const R: usize>(
     isa: Isa,
@@ -390,7 +391,16 @@ fn column_scores<const R: usize>(
     if block_scores::<R>(isa, queries, kt, end, scale, scores) {
         return;
     }
-    let wide = score_passes::<PASS, R>(queries, kt, 0..end, scale, scores);
+    // A block of rows in narrow passes only: four rows of sixteen are eight AVX2 registers of
+    // accumulators, four of 64 were 32, which the compiler kept on the stack (with the same
+    // change in `weighted_sum`, prefill attention took a quarter to two fifths less time on a
+    // Zen 1: *Twenty-seventh session* in `benches/README.md`). Each sum runs in the same order
+    // at any width: same bits.
+    let wide = if R == 1 {
+        score_passes::<PASS, R>(queries, kt, 0..end, scale, scores)
+    } else {
+        0
+    };
     score_passes::<TAIL_PASS, R>(queries, kt, wide..end, scale, scores);
 }
 
@@ -429,9 +439,9 @@ fn score_passes<const N: usize, const R: usize>(
 
 /// `out[r][c] = sum_p probabilities[r][p] * values[p][c]` for the `R` rows (each over its own
 /// positions), each sum in order of `p`: for a single row a first pass of 96 columns, then
-/// sixty-four columns per pass, 32, 16, and the last sixteen again for what is left (head
-/// widths are 64, 96, 100, 128; a pass of 32 keeps eight chains of additions for four rows
-/// where two of 16 kept four).
+/// sixty-four columns per pass, 32 and 16, for a block of rows passes of 16 (see
+/// [`column_scores`]), and the last sixteen again for what is left (head widths are 64, 96,
+/// 100, 128).
 #[inline(always)]
 fn weighted_sum<const R: usize>(
     probabilities: &[impl AsRef<[f32]>],
@@ -440,15 +450,15 @@ fn weighted_sum<const R: usize>(
     base: Option<[&[f32]; R]>,
 ) {
     let dim = out[0].len();
-    // A decode row keeps six chains in a pass of 96 (the 700M and 3B head widths): passes of
-    // 64 and 32 one after the other each waited on the latency of their additions.
-    let mut done = if R == 1 {
-        weighted_passes::<DECODE_PASS, R>(probabilities, values, 0, out, base)
-    } else {
-        0
-    };
-    done += weighted_passes::<PASS, R>(probabilities, values, done, out, base);
-    done += weighted_passes::<32, R>(probabilities, values, done, out, base);
+    let mut done = 0;
+    if R == 1 {
+        // A decode row keeps six chains in a pass of 96 (the 700M and 3B head widths): passes
+        // of 64 and 32 one after the other each waited on the latency of their additions.
+        done += weighted_passes::<DECODE_PASS, R>(probabilities, values, 0, out, base);
+        done += weighted_passes::<PASS, R>(probabilities, values, done, out, base);
+        done += weighted_passes::<32, R>(probabilities, values, done, out, base);
+    }
+    // A block of rows in passes of sixteen only, as in `column_scores`.
     done += weighted_passes::<16, R>(probabilities, values, done, out, base);
     if done < dim && dim >= 16 {
         // The last sixteen columns again, overlapping the passes before: the columns computed
