@@ -182,10 +182,12 @@ fn run(args: Args) -> Result<()> {
     if args.mem_read {
         rows.extend(memory_read_rows(&args.threads, args.repetitions)?);
     }
-    let cpu = cpu_info();
+    let cpu = CpuIdentity::read();
     for row in &mut rows {
         row["peak_rss_bytes"] = json!(rss);
-        row["cpu_info"] = json!(cpu);
+        row["cpu_info"] = json!(cpu.name);
+        row["cpu_family"] = json!(cpu.family);
+        row["cpu_model"] = json!(cpu.model);
     }
     match if args.json { Output::Json } else { args.output } {
         Output::Md => print_table(&rows, model_bytes, rss)?,
@@ -351,11 +353,30 @@ fn model_bytes(path: &Path) -> Result<u64> {
     Ok(total)
 }
 
-/// The CPU's model name (Linux, as llama-bench's `cpu_info`).
-fn cpu_info() -> Option<String> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("model name"))?;
-    Some(line.split_once(':')?.1.trim().to_string())
+/// What `/proc/cpuinfo` (Linux) says of the first CPU: its model name, as llama-bench's
+/// `cpu_info`, and its family and model numbers, which tell generations apart where a VM
+/// names every CPU alike ("AMD EPYC" for a Zen 1, a Zen 3 and a Zen 4 alike).
+struct CpuIdentity {
+    name: Option<String>,
+    family: Option<u32>,
+    model: Option<u32>,
+}
+
+impl CpuIdentity {
+    fn read() -> Self {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let field = |key: &str| {
+            info.lines()
+                .filter_map(|line| line.split_once(':'))
+                .find(|(name, _)| name.trim() == key)
+                .map(|(_, value)| value.trim().to_string())
+        };
+        Self {
+            name: field("model name"),
+            family: field("cpu family").and_then(|v| v.parse().ok()),
+            model: field("model").and_then(|v| v.parse().ok()),
+        }
+    }
 }
 
 /// `VmHWM` of this process (Linux), in bytes.
