@@ -6,7 +6,8 @@
 
 use std::arch::x86_64::*;
 
-use super::{DecodingKernel, flush_runs, prefetch_distance, unpacked_blocks};
+use super::prefetch_distance;
+use super::unpacking::{DecodingKernel, flush_runs, unpacked_blocks};
 use crate::i2s::{BLOCK, BLOCK_BYTES};
 use crate::vectorize::FloatLoop;
 

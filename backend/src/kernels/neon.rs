@@ -7,7 +7,7 @@
 
 use std::arch::aarch64::*;
 
-use super::{DecodingKernel, flush_runs, unpacked_blocks};
+use super::unpacking::{DecodingKernel, flush_runs, unpacked_blocks};
 use crate::i2s::{BLOCK, BLOCK_BYTES};
 
 pub(super) struct Neon;

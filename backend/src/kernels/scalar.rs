@@ -1,6 +1,6 @@
 //! Portable reference path: plain loops over the I2_S layout.
 
-use super::{DecodingKernel, unpacked_blocks};
+use super::unpacking::{DecodingKernel, unpacked_blocks};
 use crate::i2s::{BLOCK, BLOCK_BYTES};
 
 pub(super) struct Scalar;
