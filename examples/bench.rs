@@ -17,13 +17,15 @@
 //! `BITNET_KERNEL=base3` (AVX-512) and `lut3` (AVX2) decode from a 1.6- or 1.67-bit copy of the
 //! weights (`kernel` column).
 //! `--cache-type f16` keeps the KV cache in f16 (`cache` column), as llama.cpp does by default.
+//! `--profile` splits each row's time per token into the forward's phases (`*_ms` keys, and a
+//! second table).
 
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use bitnet_backend::{Isa, KernelChoice};
-use bitnet_model::{BitNetModel, KvCache};
+use bitnet_model::{BitNetModel, ForwardProfile, KvCache};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Parser;
 use rayon::prelude::*;
@@ -82,6 +84,11 @@ struct Args {
     /// Its buffer is allocated after the peak RSS is taken.
     #[arg(long)]
     mem_read: bool,
+    /// Also time each phase of the forward passes (attention projections, RoPE and the cache
+    /// writes, attention, feed-forward, LM head, and the rest), in ms per token over the timed
+    /// runs: the `*_ms` keys, and a second table.
+    #[arg(long)]
+    profile: bool,
     /// Burn backend.
     #[arg(long, value_enum, default_value = "flex")]
     device: Backend,
@@ -142,13 +149,14 @@ fn run(args: Args) -> Result<()> {
             let mut run_once = || {
                 pool.install(|| {
                     fill_to_depth(&model, &mut cache, depth, &device)?;
-                    test.time(&model, &mut cache, &device)
+                    test.time(&model, &mut cache, &device, args.profile)
                 })
             };
             run_once()?;
-            let rates = (0..args.repetitions)
-                .map(|_| run_once().map(|secs| tokens as f64 / secs))
+            let runs = (0..args.repetitions)
+                .map(|_| run_once())
                 .collect::<Result<Vec<_>>>()?;
+            let rates: Vec<f64> = runs.iter().map(|(secs, _)| tokens as f64 / secs).collect();
             let (mean, sd) = mean_sd(&rates);
             let mut row = json!({
                 "model": dir,
@@ -175,6 +183,9 @@ fn run(args: Args) -> Result<()> {
                 row["read_bytes_per_token"] = json!(bytes);
                 row["read_gbps"] = json!(bytes as f64 * mean / 1e9);
             }
+            if args.profile {
+                add_profile(&mut row, &runs, tokens);
+            }
             rows.push(row);
         }
     }
@@ -190,7 +201,12 @@ fn run(args: Args) -> Result<()> {
         row["cpu_model"] = json!(cpu.model);
     }
     match if args.json { Output::Json } else { args.output } {
-        Output::Md => print_table(&rows, model_bytes, rss)?,
+        Output::Md => {
+            print_table(&rows, model_bytes, rss)?;
+            if args.profile {
+                print_profile_table(&rows)?;
+            }
+        }
         Output::Json => common::print_line(serde_json::to_string_pretty(&rows)?)?,
         Output::Jsonl => {
             for row in &rows {
@@ -231,16 +247,26 @@ impl Test {
     }
 
     /// Seconds for the timed part on `cache`, filled to the test's depth: one forward of all
-    /// its tokens (prefill) or one forward per token (decode).
-    fn time(&self, model: &BitNetModel, cache: &mut KvCache, device: &Device) -> Result<f64> {
+    /// its tokens (prefill) or one forward per token (decode); with `profile`, its time per
+    /// phase too.
+    fn time(
+        &self,
+        model: &BitNetModel,
+        cache: &mut KvCache,
+        device: &Device,
+        profile: bool,
+    ) -> Result<(f64, Option<ForwardProfile>)> {
         let step = if self.prefill { self.tokens } else { 1 };
+        if profile {
+            cache.start_profile();
+        }
         let start = Instant::now();
         for first in (self.depth..self.depth + self.tokens).step_by(step) {
             model
                 .forward_last(prompt(model, first, step, device), cache)?
                 .into_data();
         }
-        Ok(start.elapsed().as_secs_f64())
+        Ok((start.elapsed().as_secs_f64(), cache.stop_profile()))
     }
 }
 
@@ -265,6 +291,60 @@ fn tests(prompts: &[usize], gens: &[usize], depths: &[usize]) -> Result<Vec<Test
         bail!("nothing to run: every -p and -n is 0");
     }
     Ok(tests)
+}
+
+/// The timed runs' time per phase as `{phase}_ms` keys of `row`, in ms per token (their mean
+/// over the runs), and `other_ms`: the rest of a token's time (embedding, residual adds, the
+/// final norm, tensors between phases, the prompt's ids).
+fn add_profile(row: &mut Value, runs: &[(f64, Option<ForwardProfile>)], tokens: usize) {
+    let per_token = |secs: f64| secs * 1e3 / (tokens * runs.len()) as f64;
+    let mut sum = ForwardProfile::default();
+    for profile in runs.iter().filter_map(|(_, profile)| *profile) {
+        sum += profile;
+    }
+    for (phase, time) in sum.phases() {
+        row[format!("{phase}_ms")] = json!(per_token(time.as_secs_f64()));
+    }
+    let wall: f64 = runs.iter().map(|(secs, _)| secs).sum();
+    row["other_ms"] = json!(per_token(wall - sum.total().as_secs_f64()));
+}
+
+/// The rows' time per phase (`--profile`): ms per token and its share of the token's time.
+fn print_profile_table(rows: &[Value]) -> Result<()> {
+    let phases: Vec<String> = ForwardProfile::default()
+        .phases()
+        .iter()
+        .map(|(phase, _)| phase.to_string())
+        .chain(["other".to_string()])
+        .collect();
+    common::print_line("")?;
+    common::print_line(format_args!(
+        "| threads | test | ms/token | {} |",
+        phases.join(" | ")
+    ))?;
+    common::print_line(format_args!(
+        "|---:|---|---:|{}",
+        "---:|".repeat(phases.len())
+    ))?;
+    for row in rows {
+        let times: Option<Vec<f64>> = phases
+            .iter()
+            .map(|phase| row[format!("{phase}_ms")].as_f64())
+            .collect();
+        let Some(times) = times else { continue };
+        let total: f64 = times.iter().sum();
+        let cells: Vec<String> = times
+            .iter()
+            .map(|ms| format!("{ms:.3} ({:.1}%)", 100.0 * ms / total))
+            .collect();
+        common::print_line(format_args!(
+            "| {} | {} | {total:.3} | {} |",
+            row["threads"],
+            row["test"].as_str().unwrap_or("-"),
+            cells.join(" | ")
+        ))?;
+    }
+    Ok(())
 }
 
 /// Empties `cache` and fills its first `depth` positions (untimed).

@@ -110,6 +110,52 @@ fn bench_at_a_depth_names_the_rows_and_reads_the_longer_cache() {
 }
 
 #[test]
+fn profile_splits_each_rows_time_per_token_into_phases() {
+    let args = ["-p", "8", "-n", "3", "-t", "1,2", "-r", "2"];
+    let out = run_example("bench", &[&args[..], &["--profile", "--json"]].concat(), "");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let phases = [
+        "attention_projections",
+        "rope_and_cache",
+        "attention",
+        "feed_forward",
+        "head",
+        "other",
+    ];
+    assert_eq!(rows.len(), 4);
+    for row in &rows {
+        let times: Vec<f64> = phases
+            .iter()
+            .map(|phase| row[format!("{phase}_ms")].as_f64().expect(phase))
+            .collect();
+        assert!(times[..5].iter().all(|&ms| ms > 0.0), "{row}");
+        // The phases and the rest are the runs' whole time: ms per token at their mean rate
+        // (the harmonic mean of the runs' rates, which `mean_tps` is not).
+        let ms_per_token = times.iter().sum::<f64>();
+        let mean_tps = row["mean_tps"].as_f64().unwrap();
+        let sd_tps = row["sd_tps"].as_f64().unwrap();
+        let (slowest, fastest) = (1e3 / (mean_tps - sd_tps), 1e3 / (mean_tps + sd_tps));
+        assert!(
+            (fastest * 0.999..=slowest * 1.001).contains(&ms_per_token),
+            "{ms_per_token} ms/token against {mean_tps} ± {sd_tps} t/s: {row}"
+        );
+    }
+    // Without the flag, no phase keys; with it, a second markdown table.
+    let plain = run_example("bench", &[&args[..], &["--json"]].concat(), "");
+    let plain: Vec<serde_json::Value> = serde_json::from_slice(&plain.stdout).unwrap();
+    assert!(plain.iter().all(|row| row.get("head_ms").is_none()));
+    let table = run_example("bench", &[&args[..], &["--profile"]].concat(), "");
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("| threads | test | ms/token | attention_projections |")
+            && text.contains("| 2 | tg3 |"),
+        "{text}"
+    );
+}
+
+#[test]
 fn jsonl_and_csv_print_the_rows_json_does() {
     let run = |format: &str| {
         let args = ["-p", "4", "-n", "2", "-t", "1", "-r", "1", "-o", format];

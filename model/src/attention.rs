@@ -8,6 +8,7 @@ use crate::bitlinear::BitLinear;
 use crate::cache::LayerCache;
 use crate::error::Result;
 use crate::norm::RmsNorm;
+use crate::profile::Laps;
 use crate::rope::RotaryEmbedding;
 
 /// Self-attention of one decoder layer.
@@ -81,22 +82,27 @@ impl Attention {
         cache: &mut LayerCache,
         start: usize,
     ) -> Result<Tensor<3>> {
+        let mut laps = Laps::start(&cache.profile);
         let [batch, len, _] = x.dims();
         let (heads, kv_heads, dim) = (self.heads, self.kv_heads, self.head_dim);
         let split = |y: Tensor<3>, h: usize| y.reshape([batch, len, h, dim]).swap_dims(1, 2);
         let projections = [&self.q_proj, &self.k_proj, &self.v_proj];
         let [q, k, v] = BitLinear::forward_group_normed(norm, projections, x)?;
+        laps.lap(&mut cache.profile, |p| &mut p.attention_projections);
         let (q, k, v) = (split(q, heads), split(k, kv_heads), split(v, kv_heads));
         let q = RotaryEmbedding::apply(q, cos, sin)?;
         // The keys are rotated on their way into the cache.
         let (keys, values) = cache.append(k, v, (cos, sin), start)?;
+        laps.lap(&mut cache.profile, |p| &mut p.rope_and_cache);
 
         // Query heads sharing a key/value head are stacked along the position axis, so one
         // pass over the keys and values serves the whole group without copying them per head.
         let group = heads / kv_heads;
         let q = q.reshape([batch, kv_heads, group * len, dim]);
         let out = cached_attention(q, keys, values, start, len)?.reshape([batch, len, heads * dim]);
+        laps.lap(&mut cache.profile, |p| &mut p.attention);
         let [y] = BitLinear::forward_group_normed(self.sub_norm.as_ref(), [&self.o_proj], out)?;
+        laps.lap(&mut cache.profile, |p| &mut p.attention_projections);
         Ok(y)
     }
 }

@@ -7,6 +7,7 @@ use bitnet_backend::cache_write;
 use burn::tensor::{DType, Device, Tensor};
 
 use crate::error::{ModelError, Result};
+use crate::profile::ForwardProfile;
 
 /// What a KV cache stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,6 +77,8 @@ impl fmt::Display for CacheType {
 pub struct LayerCache {
     keys: Tensor<4>,
     values: Tensor<4>,
+    /// The layer's time per phase, while the model's cache is profiled.
+    pub(crate) profile: Option<ForwardProfile>,
 }
 
 impl LayerCache {
@@ -109,6 +112,8 @@ pub struct KvCache {
     layers: Vec<LayerCache>,
     len: usize,
     context: usize,
+    /// Time outside the layers (the LM head), while profiled.
+    pub(crate) profile: Option<ForwardProfile>,
 }
 
 impl KvCache {
@@ -133,11 +138,13 @@ impl KvCache {
         let layer = || LayerCache {
             keys: Tensor::zeros(shape, options),
             values: Tensor::zeros(shape, options),
+            profile: None,
         };
         Ok(Self {
             layers: (0..layers).map(|_| layer()).collect(),
             len: 0,
             context,
+            profile: None,
         })
     }
 
@@ -176,6 +183,31 @@ impl KvCache {
     /// The cache of layer `index` (for running decoder layers one at a time).
     pub fn layer_mut(&mut self, index: usize) -> &mut LayerCache {
         &mut self.layers[index]
+    }
+
+    /// Times every later forward on this cache by phase, from zero (see [`ForwardProfile`]);
+    /// until then forwards read no clock.
+    pub fn start_profile(&mut self) {
+        for profile in self.profiles_mut() {
+            *profile = Some(ForwardProfile::default());
+        }
+    }
+
+    /// The time per phase since [`KvCache::start_profile`], summed over layers, and stops
+    /// timing; `None` if it was not started.
+    pub fn stop_profile(&mut self) -> Option<ForwardProfile> {
+        self.profiles_mut()
+            .map(Option::take)
+            .reduce(|sum, layer| {
+                let (mut sum, layer) = (sum?, layer?);
+                sum += layer;
+                Some(sum)
+            })
+            .flatten()
+    }
+
+    fn profiles_mut(&mut self) -> impl Iterator<Item = &mut Option<ForwardProfile>> {
+        std::iter::once(&mut self.profile).chain(self.layers.iter_mut().map(|l| &mut l.profile))
     }
 
     /// Records that `new` positions were written to every layer.

@@ -22,6 +22,7 @@ pub mod model;
 pub mod norm;
 pub mod perplexity;
 mod pool;
+pub mod profile;
 pub mod rope;
 pub mod sampling;
 pub mod tokenizer;
@@ -38,6 +39,7 @@ pub use generate::{GenerateOptions, Generation, GenerationStats, Session, StopRe
 pub use model::{BitNetModel, DecoderLayer, HiddenStates};
 pub use norm::{RmsNorm, RmsNormConfig};
 pub use perplexity::{Window, perplexity, token_nll, token_nll_with_cache, windows};
+pub use profile::ForwardProfile;
 pub use rope::RotaryEmbedding;
 pub use sampling::{Sampler, SamplerConfig};
 pub use tokenizer::{

@@ -17,6 +17,7 @@ use crate::error::{ModelError, Result};
 use crate::feed_forward::FeedForward;
 use crate::norm::{RmsNorm, RmsNormConfig};
 use crate::pool::with_pool_awake;
+use crate::profile::Laps;
 use crate::rope::RotaryEmbedding;
 
 /// One pre-norm decoder block: `h = x + attn(norm(x))`, `out = h + ffn(norm(h))`.
@@ -56,9 +57,11 @@ impl DecoderLayer {
             self.self_attn
                 .forward_normed(&self.input_layernorm, x.clone(), rope, cache, start)?;
         let h = x + attended;
+        let mut laps = Laps::start(&cache.profile);
         let ffn = self
             .mlp
             .forward_normed(&self.post_attention_layernorm, h.clone())?;
+        laps.lap(&mut cache.profile, |p| &mut p.feed_forward);
         Ok(h + ffn)
     }
 }
@@ -249,7 +252,7 @@ impl BitNetModel {
     /// - output: `[batch, len, vocab]`
     pub fn forward(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Result<Tensor<3>> {
         let (h, _) = self.run(tokens, cache, false)?;
-        Ok(self.lm_head(h))
+        Ok(self.profiled_head(h, cache))
     }
 
     /// Logits of the last new position only: what generation needs, without running the LM
@@ -286,7 +289,7 @@ impl BitNetModel {
         }
         let (h, _) = self.run(tokens, cache, false)?;
         let [batch, _, hidden] = h.dims();
-        Ok(self.lm_head(h.slice([0..batch, positions, 0..hidden])))
+        Ok(self.profiled_head(h.slice([0..batch, positions, 0..hidden]), cache))
     }
 
     /// [`BitNetModel::forward`] that also returns every layer's residual stream.
@@ -297,7 +300,7 @@ impl BitNetModel {
     ) -> Result<(Tensor<3>, HiddenStates)> {
         let (h, hidden) = self.run(tokens, cache, true)?;
         Ok((
-            self.lm_head(h),
+            self.profiled_head(h, cache),
             hidden.expect("hidden states were requested"),
         ))
     }
@@ -356,6 +359,14 @@ impl BitNetModel {
             final_norm: h.clone(),
         });
         Ok((h, hidden))
+    }
+
+    /// [`BitNetModel::lm_head`], timed into `cache`'s profile when it keeps one.
+    fn profiled_head(&self, h: Tensor<3>, cache: &mut KvCache) -> Tensor<3> {
+        let mut laps = Laps::start(&cache.profile);
+        let logits = self.lm_head(h);
+        laps.lap(&mut cache.profile, |p| &mut p.head);
+        logits
     }
 
     /// The float LM head (tied to the embedding when there is no separate head).

@@ -221,3 +221,41 @@ fn an_f16_cache_is_an_option_of_backends_with_f16_tensors_and_halves_its_bytes()
         "max|d| {max} of {absmax}"
     );
 }
+
+#[test]
+fn a_profiled_cache_times_every_phase_and_changes_no_logit() {
+    let device = Device::flex();
+    let model = config(FfnActivation::Relu2, true, true)
+        .init(&device)
+        .unwrap();
+    let tokens = |ids: Vec<i64>| {
+        let len = ids.len();
+        Tensor::<2, Int>::from_data(TensorData::new(ids, [1, len]), &device)
+    };
+    let run = |cache: &mut bitnet_model::KvCache| {
+        let mut logits = values(model.forward(tokens(vec![3, 17, 42, 5]), cache).unwrap());
+        for id in [96, 0] {
+            let last = model.forward_last(tokens(vec![id]), cache).unwrap();
+            logits.extend(last.into_data().try_to_vec::<f32>().unwrap());
+        }
+        logits
+    };
+    let mut plain = model.new_cache(1, 8).unwrap();
+    let mut profiled = model.new_cache(1, 8).unwrap();
+    profiled.start_profile();
+    let start = std::time::Instant::now();
+    let logits = run(&mut profiled);
+    let wall = start.elapsed();
+    assert_eq!(logits, run(&mut plain));
+
+    let profile = profiled.stop_profile().expect("profiling was started");
+    for (phase, time) in profile.phases() {
+        assert!(!time.is_zero(), "{phase} was not timed: {profile:?}");
+    }
+    assert!(profile.total() <= wall, "{profile:?} in {wall:?}");
+    assert_eq!(plain.stop_profile(), None);
+    // Stopped: later forwards are not timed.
+    profiled.clear();
+    run(&mut profiled);
+    assert_eq!(profiled.stop_profile(), None);
+}
